@@ -1,0 +1,193 @@
+"""Typed, frozen views of `params.yaml` sections.
+
+`params.yaml` is the single source of truth. Its top-level `profile` names an entry of
+`profiles`, whose keys override the base sections (the base sections are the default CPU
+profile). Each section loads into a frozen dataclass; an unknown or misspelt key raises.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Common:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: int = 8000
+    val: int = 1000
+    test: int = 1000
+
+
+@dataclass(frozen=True)
+class Data:
+    source: str = "generate"  # generate | files
+    size: int = 6  # board side when generating: 4, 6 or 9
+    mode: str = "minimal"  # minimal | clues
+    clues: int | None = None
+    count: int = 10000  # puzzles to generate
+    files: tuple[str, ...] = ()  # puzzle files (CSV or lists) when source == files
+    subsample: int | None = None  # draw this many puzzles from the files (seeded)
+    splits: Splits = field(default_factory=Splits)
+    num_aug: int = 0  # augmented copies stored per training puzzle (besides the original)
+    skip_bad: bool = False
+    seed: int = 0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Model:
+    hidden: int = 64
+    layers: int = 2
+    mixer: str = "mlp_t"  # mlp_t | attention
+    heads: int = 4
+    expansion: float = 4.0
+    multiple_of: int = 64  # SwiGLU width rounding (TRM: 256)
+    T: int = 2  # cycles per supervision step
+    n: int = 3  # z updates per cycle
+    n_sup: int = 4  # supervision steps
+    prefix: int = 16  # puzzle-embedding slot + registers
+    pos: str = "none"  # none | rope | learned
+    rms_eps: float = 1e-5
+    halt_explore: float = 0.1
+    init_seed: int = 0
+
+
+@dataclass(frozen=True)
+class Teacher:
+    model: Model = field(default_factory=Model)
+    batch: int = 128
+    steps: int = 6000  # optimizer steps (= supervision steps per slot)
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    optimizer: str = "adamw"  # adamw | adamatan2
+    ema: float = 0.995
+    q_loss_weight: float = 0.5
+    augment: bool = True  # fresh random symmetry per drawn training puzzle
+    eval_every: int = 1000
+    eval_limit: int = 500
+    ckpt_every: int = 500
+    grad_clip: float = 0.0  # 0 = off
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    batch_size: int = 256
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Params:
+    profile: str
+    common: Common
+    data: Data
+    teacher: Teacher
+    evaluate: Evaluate
+
+
+SECTIONS = {"common": Common, "data": Data, "teacher": Teacher, "evaluate": Evaluate}
+
+
+def _build(cls, raw, where: str):
+    if dataclasses.is_dataclass(cls):
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in raw.items()})
+    origin = typing.get_origin(cls)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        if raw is None:
+            return None
+        return _build(args[0], raw, where)
+    if origin is tuple:
+        if not isinstance(raw, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list")
+        return tuple(_build(typing.get_args(cls)[0], v, where) for v in raw)
+    if cls is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if cls is bool and not isinstance(raw, bool):
+        raise ConfigError(f"{where}: expected true/false, got {raw!r}")
+    if cls in (int, float, str) and (not isinstance(raw, cls) or (cls is int and isinstance(raw, bool))):
+        raise ConfigError(f"{where}: expected {cls.__name__}, got {raw!r}")
+    return raw
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def resolve(raw: dict) -> dict:
+    """Apply the selected profile's overrides; returns plain dicts per section."""
+    raw = dict(raw or {})
+    profile = raw.pop("profile", "default")
+    profiles = raw.pop("profiles", {}) or {}
+    if profile != "default":
+        if profile not in profiles:
+            raise ConfigError(f"profile {profile!r} not in profiles: {sorted(profiles)}")
+        raw = _merge(raw, profiles[profile])
+    raw["profile"] = profile
+    return raw
+
+
+def load(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read params.yaml, apply its profile and `overrides` (a nested dict), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    return from_dict(raw, overrides)
+
+
+def from_dict(raw: dict, overrides: dict | None = None) -> Params:
+    known = set(SECTIONS) | {"profile", "profiles"}
+    unknown = sorted(set(raw) - known)
+    # other issues' sections (traces, distill, rl, ...) live in the same file; keep them out
+    # of this view but refuse typos of our own sections
+    for k in unknown:
+        for s in SECTIONS:
+            if k != s and (k.rstrip("s") == s or s.startswith(k) or k.startswith(s)):
+                raise ConfigError(f"unknown params section {k!r}; did you mean {s!r}?")
+    res = resolve({k: v for k, v in raw.items() if k in known})
+    if overrides:
+        res = _merge(res, overrides)
+    return Params(profile=res["profile"],
+                  **{name: _build(cls, res.get(name), name) for name, cls in SECTIONS.items()})
+
+
+def as_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def section_from_dict(cls, raw: dict):
+    return _build(cls, raw, cls.__name__.lower())

@@ -1,0 +1,60 @@
+"""Evaluate a TRM on a puzzle set: exact and cell accuracy after each supervision step."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.board import to_tokens
+from ..data.loaders import PuzzleSet
+from .metrics import rating_bucket, wilson
+
+
+@torch.no_grad()
+def predict(model, puzzles: np.ndarray, batch_size: int, device, steps: int | None = None,
+            progress: bool = False) -> np.ndarray:
+    """Predicted boards after each supervision step: (K, M, C) int8, digits 1..N."""
+    model.eval()
+    out = []
+    for i in tqdm(range(0, len(puzzles), batch_size), desc="eval", disable=not progress,
+                  mininterval=2, leave=False):
+        tokens = torch.as_tensor(to_tokens(puzzles[i:i + batch_size]), device=device)
+        tr = model.trace(tokens, steps, keep_states=False)
+        pred = tr.logits.argmax(-1) - 1  # (K, B, C) tokens -> digits
+        out.append(pred.clamp_min(0).to(torch.int8).cpu().numpy())
+    return np.concatenate(out, axis=1)
+
+
+def score(preds: np.ndarray, ps: PuzzleSet) -> dict:
+    """Metrics from per-step predictions (K, M, C) against the solutions."""
+    right = preds == ps.solutions[None]  # (K, M, C)
+    exact_k = right.all(-1)  # (K, M)
+    exact = exact_k[-1]
+    blanks = ps.puzzles == 0
+    n = int(len(exact))
+    buckets: dict[str, list[bool]] = {}
+    for r, e in zip(ps.ratings.tolist(), exact.tolist()):
+        buckets.setdefault(rating_bucket(int(r)), []).append(e)
+    return {
+        "n": n,
+        "exact_accuracy": float(exact.mean()),
+        "ci95": list(wilson(int(exact.sum()), n)),
+        "cell_accuracy": float(right[-1].mean()),
+        "blank_cell_accuracy": float(right[-1][blanks].mean()) if blanks.any() else 1.0,
+        "per_step_exact_accuracy": [float(v) for v in exact_k.mean(-1)],
+        "per_step_cell_accuracy": [float(v) for v in right.mean((-1, -2))],
+        "by_rating": {k: {"n": len(v), "exact_accuracy": float(np.mean(v))}
+                      for k, v in sorted(buckets.items())},
+    }
+
+
+def evaluate(model, ps: PuzzleSet, batch_size: int = 256, device="cpu", steps: int | None = None,
+             progress: bool = False) -> dict:
+    t0 = time.perf_counter()
+    preds = predict(model, ps.puzzles, batch_size, device, steps, progress)
+    res = score(preds, ps)
+    res["seconds"] = time.perf_counter() - t0
+    res["puzzles_per_second"] = res["n"] / max(res["seconds"], 1e-9)
+    return res

@@ -1,0 +1,131 @@
+"""TRM: Tiny Recursive Model (Jolicoeur-Martineau, arXiv 2510.04871), METHOD.md section 1.
+
+One 2-block network f serves both updates, inputs are added (`f(h, inj) = blocks(h + inj)`):
+    repeat n: z = f(z, y + x)       # latent reasoning
+    y = f(y, z)                     # answer update
+T such cycles make one supervision step; the first T-1 run without grad, the last with full
+backprop through its 2(n+1) applications of f. The carry (y, z) is detached between steps.
+
+Shapes: B batch, C cells, P prefix, L = P + C, D hidden, V vocab, K supervision steps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import Model
+from .layers import Block, Linear, rope_tables, trunc_normal_
+
+
+@dataclass
+class Trace:
+    """Per-supervision-step inference states: y, z (K, B, L, D), logits (K, B, C, V), q (K, B)."""
+
+    y: torch.Tensor
+    z: torch.Tensor
+    logits: torch.Tensor
+    q: torch.Tensor
+
+
+class TRM(nn.Module):
+    def __init__(self, cfg: Model, cells: int, vocab: int):
+        super().__init__()
+        self.cfg, self.cells, self.vocab = cfg, cells, vocab
+        self.seq = cfg.prefix + cells
+        g = torch.Generator().manual_seed(cfg.init_seed)
+        d = cfg.hidden
+        self.embed_scale = math.sqrt(d)
+        self.embed = nn.Parameter(trunc_normal_(torch.empty(vocab, d), 1 / self.embed_scale, g))
+        # slot 0 of the prefix is the (single, Sudoku) puzzle embedding, zero-initialised;
+        # the remaining prefix positions are constant zero registers
+        self.puzzle_emb = nn.Parameter(torch.zeros(1, d)) if cfg.prefix > 0 else None
+        self.pos = (nn.Parameter(trunc_normal_(torch.empty(self.seq, d), 1 / self.embed_scale, g))
+                    if cfg.pos == "learned" else None)
+        if cfg.pos not in ("none", "rope", "learned"):
+            raise ValueError(f"model.pos must be none, rope or learned, got {cfg.pos!r}")
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(self.seq, d // cfg.heads)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.blocks = nn.ModuleList(
+            Block(d, self.seq, cfg.mixer, cfg.heads, cfg.expansion, cfg.multiple_of, cfg.rms_eps, g)
+            for _ in range(cfg.layers))
+        # fixed random initial states, never trained
+        self.register_buffer("y_init", trunc_normal_(torch.empty(d), 1.0, g))
+        self.register_buffer("z_init", trunc_normal_(torch.empty(d), 1.0, g))
+        self.lm_head = Linear(d, vocab, g)
+        self.q_head = Linear(d, 1, g, bias=True)
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5.0)
+
+    # -- pieces ---------------------------------------------------------------------------
+    def input_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, C) -> x (B, L, D)."""
+        x = self.embed[tokens] * self.embed_scale  # (B, C, D)
+        if self.cfg.prefix:
+            pre = torch.zeros(x.shape[0], self.cfg.prefix, x.shape[-1], dtype=x.dtype, device=x.device)
+            pre[:, 0] = self.puzzle_emb
+            x = torch.cat([pre, x], dim=1)  # (B, L, D)
+        if self.pos is not None:
+            # scaled like the token embedding; 1/sqrt(2) keeps the variance of the sum
+            x = 0.707106781 * (x + self.pos * self.embed_scale)
+        return x
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (batch, self.seq, self.cfg.hidden)
+        return self.y_init.expand(shape).clone(), self.z_init.expand(shape).clone()
+
+    def f(self, h: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        rope = (self.rope_cos, self.rope_sin) if self.cfg.pos == "rope" else None
+        h = h + injection
+        for block in self.blocks:
+            h = block(h, rope)
+        return h
+
+    def cycle(self, y: torch.Tensor, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inj = y + x  # loop-invariant over the n latent updates
+        for _ in range(self.cfg.n):
+            z = self.f(z, inj)
+        y = self.f(y, z)
+        return y, z
+
+    def heads(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """y (B, L, D) -> logits (B, C, V) over the cells, halting logit q (B,) from position 0."""
+        logits = self.lm_head(y[:, self.cfg.prefix:])
+        q = self.q_head(y[:, 0]).squeeze(-1).float()
+        return logits, q
+
+    # -- one supervision step -------------------------------------------------------------
+    def step(self, y: torch.Tensor, z: torch.Tensor, x: torch.Tensor):
+        """T cycles; grad flows through the last one only. Returns (y, z, logits, q)."""
+        with torch.no_grad():
+            for _ in range(self.cfg.T - 1):
+                y, z = self.cycle(y, z, x)
+        y, z = self.cycle(y, z, x)
+        logits, q = self.heads(y)
+        return y, z, logits, q
+
+    @torch.no_grad()
+    def trace(self, tokens: torch.Tensor, steps: int | None = None, keep_states: bool = True) -> Trace:
+        """Inference over exactly `steps` (default N_sup) supervision steps, recording each."""
+        steps = steps or self.cfg.n_sup
+        x = self.input_embedding(tokens)
+        y, z = self.initial_state(tokens.shape[0])
+        ys, zs, logits_, qs = [], [], [], []
+        for _ in range(steps):
+            y, z, logits, q = self.step(y, z, x)
+            if keep_states:
+                ys.append(y)
+                zs.append(z)
+            logits_.append(logits)
+            qs.append(q)
+        stack = (lambda t: torch.stack(t)) if keep_states else (lambda t: torch.empty(0))
+        return Trace(stack(ys), stack(zs), torch.stack(logits_), torch.stack(qs))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,3 @@
+from .base import MemoryTracker, Tracker
+
+__all__ = ["MemoryTracker", "Tracker"]

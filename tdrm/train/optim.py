@@ -1,0 +1,78 @@
+"""Learning-rate schedule, AdamATan2 and EMA."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def warmup_constant(step: int, base_lr: float, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then constant (TRM's schedule)."""
+    if warmup <= 0:
+        return base_lr
+    return base_lr * min(1.0, (step + 1) / warmup)
+
+
+class AdamATan2(torch.optim.Optimizer):
+    """Adam with atan2 in place of the division by sqrt(v) + eps (Everett et al. 2024, as in TRM's
+    code): update = a * atan2(m_hat, b * sqrt(v_hat)); decoupled weight decay. Needs no eps."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, a=1.27, b=1.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, a=a, b=b))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["m"] = torch.zeros_like(p)
+                    st["v"] = torch.zeros_like(p)
+                st["step"] += 1
+                t = st["step"]
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                st["m"].lerp_(p.grad, 1 - b1)
+                st["v"].lerp_(p.grad.square(), 1 - b2)
+                m_hat = st["m"] / (1 - b1 ** t)
+                v_hat = st["v"] / (1 - b2 ** t)
+                p.add_(torch.atan2(m_hat, group["b"] * v_hat.sqrt()), alpha=-group["lr"] * group["a"])
+
+
+def make_optimizer(name: str, params, lr: float, betas, weight_decay: float):
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name == "adamatan2":
+        return AdamATan2(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise ValueError(f"teacher.optimizer must be 'adamw' or 'adamatan2', got {name!r}")
+
+
+class EMA:
+    """Exponential moving average of a model's parameters: shadow = d * shadow + (1 - d) * param."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for s, p in zip(self.model.parameters(), model.parameters()):
+            s.lerp_(p.detach(), 1 - self.decay)
+        for s, b in zip(self.model.buffers(), model.buffers()):
+            s.copy_(b)
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.model.load_state_dict(sd)
+
+

@@ -1,0 +1,181 @@
+"""Deep-supervision training of the TRM teacher (METHOD.md section 1).
+
+The carry persists across optimizer steps: each step runs one supervision step for every batch
+slot; a slot whose puzzle halts (q > 0, or N_sup reached; with probability `halt_explore` a
+random minimum of 2..N_sup steps is forced first) is refilled with a fresh puzzle and fresh
+initial states. Everything the run depends on (weights, EMA, optimizer, carry, data stream and
+generator states) goes into the resume checkpoint, so a killed run resumed from it ends with
+the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import Params
+from ..data.board import to_tokens
+from ..data.dataset import load_meta, load_split
+from ..data.stream import PuzzleStream
+from ..device import resolve_device
+from ..eval.teacher import evaluate
+from ..models.losses import trm_loss
+from ..models.trm import TRM, count_params
+from ..tracking.base import Tracker
+from . import checkpoint
+from .optim import EMA, make_optimizer, warmup_constant
+
+
+@dataclass
+class Carry:
+    y: torch.Tensor  # (B, L, D)
+    z: torch.Tensor  # (B, L, D)
+    steps: torch.Tensor  # (B,) supervision steps taken on the current puzzle
+    halted: torch.Tensor  # (B,) bool: refill before the next step
+    tokens: torch.Tensor  # (B, C) puzzle tokens
+    labels: torch.Tensor  # (B, C) solution tokens
+
+
+def new_carry(model: TRM, batch: int, cells: int, device) -> Carry:
+    y, z = model.initial_state(batch)
+    zeros = torch.zeros(batch, cells, dtype=torch.long, device=device)
+    return Carry(y.to(device), z.to(device), torch.zeros(batch, dtype=torch.long, device=device),
+                 torch.ones(batch, dtype=torch.bool, device=device), zeros, zeros.clone())
+
+
+def refill(carry: Carry, model: TRM, stream: PuzzleStream) -> Carry:
+    """Give halted slots a new puzzle and the initial y/z."""
+    idx = torch.nonzero(carry.halted).squeeze(-1)
+    if len(idx) == 0:
+        return carry
+    p, s = stream.next(len(idx))
+    dev = carry.y.device
+    carry.tokens[idx] = torch.as_tensor(to_tokens(p), device=dev)
+    carry.labels[idx] = torch.as_tensor(to_tokens(s), device=dev)
+    carry.y[idx] = model.y_init.to(carry.y.dtype)
+    carry.z[idx] = model.z_init.to(carry.z.dtype)
+    carry.steps[idx] = 0
+    carry.halted[idx] = False
+    return carry
+
+
+def halting(q: torch.Tensor, steps: torch.Tensor, n_sup: int, explore: float,
+            generator: torch.Generator) -> torch.Tensor:
+    """Which slots halt after this step: q > 0 or N_sup reached; exploration forces a random
+    minimum of 2..N_sup steps on a fraction `explore` of slots (TRM/HRM ACT). Randomness is drawn
+    on the CPU generator so runs repeat on any device."""
+    b = q.shape[0]
+    rand = torch.rand(b, generator=generator)
+    min_steps = torch.randint(2, n_sup + 1, (b,), generator=generator)
+    min_steps = torch.where(rand < explore, min_steps, torch.zeros_like(min_steps)).to(q.device)
+    return (steps >= n_sup) | ((q > 0) & (steps >= min_steps))
+
+
+def _resume_key(params: Params, meta: dict) -> dict:
+    return {"teacher": asdict(params.teacher), "seed": params.common.seed, "data": meta}
+
+
+def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
+                  resume_path: str | Path | None = None, tracker: Tracker | None = None,
+                  progress: bool = True, log_every: int = 50) -> dict:
+    """Train, write the final checkpoint to `out_path`, return summary metrics and the curve."""
+    cfg, tracker = params.teacher, tracker or Tracker()
+    device = resolve_device(params.common.device)
+    meta = load_meta(data_dir)
+    train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
+    shape = train.shape
+    if cfg.eval_limit:
+        val = val.take(np.arange(min(cfg.eval_limit, len(val))))
+    model = TRM(cfg.model, shape.cells, shape.vocab).to(device)
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, (cfg.beta1, cfg.beta2),
+                         cfg.weight_decay)
+    ema = EMA(model, cfg.ema)
+    stream = PuzzleStream(train.puzzles, train.solutions, shape, params.common.seed, cfg.augment)
+    gen = torch.Generator().manual_seed(params.common.seed)
+    carry = new_carry(model, cfg.batch, shape.cells, device)
+    step, history, elapsed = 0, [], 0.0
+    resume_path = Path(resume_path) if resume_path else None
+    key = _resume_key(params, meta)
+    if resume_path and resume_path.is_file():
+        ck = checkpoint.load(resume_path, map_location=device)
+        if ck.get("resume_key") == key:
+            model.load_state_dict(ck["model"])
+            ema.load_state_dict(ck["ema"])
+            opt.load_state_dict(ck["optimizer"])
+            stream.load_state(ck["stream"])
+            gen.set_state(ck["generator"])
+            carry = Carry(**{k: v.to(device) for k, v in ck["carry"].items()})
+            step, history, elapsed = ck["step"], ck["history"], ck["elapsed"]
+            print(f"resuming teacher training from {resume_path} at step {step}")
+        else:
+            print(f"ignoring {resume_path}: it belongs to another config or dataset")
+
+    def save(path: Path, final: bool) -> None:
+        payload = {"kind": "teacher", "model": model.state_dict(), "ema": ema.state_dict(),
+                   "step": step, "config": {"teacher": asdict(cfg), "common": asdict(params.common),
+                                            "profile": params.profile},
+                   "data_meta": meta, "history": history, "elapsed": elapsed}
+        if not final:
+            payload.update(optimizer=opt.state_dict(), stream=stream.state(), generator=gen.get_state(),
+                           carry={k: v.cpu() for k, v in asdict(carry).items()}, resume_key=key)
+        else:
+            payload.update(optimizer=opt.state_dict())
+        checkpoint.save(path, payload)
+
+    model.train()
+    t_start = time.perf_counter() - elapsed
+    bar = tqdm(total=cfg.steps, initial=step, desc="teacher", disable=not progress, mininterval=2)
+    window: list[dict] = []
+    while step < cfg.steps:
+        carry = refill(carry, model, stream)
+        lr = warmup_constant(step, cfg.lr, cfg.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = model.input_embedding(carry.tokens)  # (B, L, D)
+        y, z, logits, q = model.step(carry.y, carry.z, x)
+        loss, stats, _ = trm_loss(logits, q, carry.labels, cfg.q_loss_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        opt.step()
+        ema.update(model)
+        with torch.no_grad():
+            carry.steps += 1
+            carry.halted = halting(q.detach(), carry.steps, cfg.model.n_sup, cfg.model.halt_explore, gen)
+            carry.y, carry.z = y.detach(), z.detach()
+        step += 1
+        stats["halt_steps"] = float(carry.steps[carry.halted].float().mean()) if carry.halted.any() else float("nan")
+        window.append(stats)
+        bar.update(1)
+        if step % log_every == 0 or step == cfg.steps:
+            avg = {k: float(np.nanmean([w[k] for w in window])) for k in window[0]}
+            avg.update(step=step, lr=lr, minutes=(time.perf_counter() - t_start) / 60)
+            window = []
+            for k in ("lm_loss", "q_loss", "cell_acc", "exact_acc", "halt_steps"):
+                tracker.log_scalar(f"train.{k}", avg[k], step)
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                res = evaluate(ema.model, val, cfg.batch * 2, device)
+                avg["val_exact_ema"] = res["exact_accuracy"]
+                tracker.log_scalar("val.exact_accuracy_ema", res["exact_accuracy"], step)
+                model.train()
+            history.append(avg)
+            bar.set_postfix(loss=f"{avg['lm_loss']:.3f}", exact=f"{avg['exact_acc']:.3f}",
+                            val=f"{avg.get('val_exact_ema', float('nan')):.3f}")
+        elapsed = time.perf_counter() - t_start
+        if resume_path and cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+            save(resume_path, final=False)
+    bar.close()
+    elapsed = time.perf_counter() - t_start
+    save(Path(out_path), final=True)
+    if resume_path and resume_path.is_file():
+        resume_path.unlink()
+    last_val = next((h["val_exact_ema"] for h in reversed(history) if "val_exact_ema" in h), None)
+    return {"steps": step, "minutes": elapsed / 60, "params": count_params(model),
+            "final_lm_loss": history[-1]["lm_loss"] if history else None,
+            "final_train_exact": history[-1]["exact_acc"] if history else None,
+            "val_exact_accuracy_ema": last_val, "val_n": len(val), "history": history}
