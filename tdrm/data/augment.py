@@ -66,6 +66,12 @@ def _line_perms(groups: int, size: int) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
+@lru_cache(maxsize=None)
+def _pairs(R: int, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (row perm, col perm) index pair, flattened: (R*C,), (R*C,)."""
+    return np.repeat(np.arange(R), C), np.tile(np.arange(C), R)
+
+
 def _relabel(rows: np.ndarray) -> np.ndarray:
     """Rename digits in order of first appearance along each row of (M, L); blanks stay 0."""
     out = np.zeros_like(rows)
@@ -93,26 +99,27 @@ def canonical(puzzle: np.ndarray, shape: Shape) -> str:
     grid = np.asarray(puzzle).reshape(n, n).astype(np.int64)
     row_p = _line_perms(n // shape.r, shape.r)  # (R, n)
     col_p = _line_perms(n // shape.c, shape.c)  # (C, n)
+    r_all, c_all = _pairs(len(row_p), len(col_p))
     weights = 1 << np.arange(n - 1, -1, -1, dtype=np.int64)  # first column is the high bit
     grids = [grid, grid.T] if shape.r == shape.c else [grid]
     best_key, best = None, []
     for ti, g in enumerate(grids):
         mask = (g > 0).astype(np.int64)
-        # bits of every source row under every column permutation: (C, n)
-        row_bits = np.einsum("cjk,j->ck", mask.T[col_p], weights)  # (C, n): bits of source row k
-        # key rows of every (row perm, col perm): (R, C, n)
-        keys = row_bits[:, row_p].transpose(1, 0, 2)
-        # lexicographic minimum over the n row-keys, compared row by row
-        cand = np.ones(keys.shape[:2], dtype=bool)
+        # bits of source row k under column permutation c: (C, n)
+        row_bits = np.einsum("cjk,j->ck", mask.T[col_p], weights)
+        # lexicographic minimum, row by row, over the shrinking set of surviving (row, col) perms
+        r_idx, c_idx, key = r_all, c_all, []
         for i in range(n):
-            col = np.where(cand, keys[:, :, i], np.iinfo(np.int64).max)
-            cand &= col == col.min()
-        key = tuple(keys[cand][0].tolist())
-        ri, ci = np.nonzero(cand)
+            vals = row_bits[c_idx, row_p[r_idx, i]]
+            m = vals.min()
+            keep = vals == m
+            r_idx, c_idx = r_idx[keep], c_idx[keep]
+            key.append(int(m))
+        key = tuple(key)
         if best_key is None or key < best_key:
-            best_key, best = key, [(ti, r, c) for r, c in zip(ri, ci)]
+            best_key, best = key, [(ti, r, c) for r, c in zip(r_idx, c_idx)]
         elif key == best_key:
-            best += [(ti, r, c) for r, c in zip(ri, ci)]
+            best += [(ti, r, c) for r, c in zip(r_idx, c_idx)]
     cands = np.stack([grids[ti][row_p[r]][:, col_p[c]].reshape(-1) for ti, r, c in best])
     relabelled = _relabel(cands)
     order = np.lexsort(relabelled.T[::-1])

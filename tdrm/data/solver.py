@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .board import PuzzleError, Shape, _units, peers, shape_for_length
+from .board import PuzzleError, Shape, _units, conflicts, peers, shape_for_length
 
 
 @dataclass(frozen=True)
@@ -139,11 +139,14 @@ def solve(puzzle: np.ndarray | str, shape: Shape | None = None, limit: int = 2) 
     puzzle = np.asarray(puzzle).reshape(-1)
     shape = shape or shape_for_length(puzzle.size)
     ctx = _ctx(shape)
+    clash = conflicts(puzzle, shape)
+    if clash:
+        i, j = clash[0]
+        raise PuzzleError(f"contradictory givens: cells {i} and {j} in one unit both hold {puzzle[i]}")
     cand = [ctx.full] * shape.cells
     for i, v in enumerate(puzzle.tolist()):
-        if v:
-            if not _assign(cand, i, 1 << (v - 1), ctx):
-                raise PuzzleError(f"contradictory givens: digit {v} at cell {i} clashes with a peer")
+        if v and not _assign(cand, i, 1 << (v - 1), ctx):
+            return Result([], 0)  # the givens force a contradiction: no solution
     out: list[list[int]] = []
     counter = [0]
     _search(cand, ctx, limit, out, counter)

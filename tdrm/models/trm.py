@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import Model
@@ -65,7 +66,7 @@ class TRM(nn.Module):
     # -- pieces ---------------------------------------------------------------------------
     def input_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, C) -> x (B, L, D)."""
-        x = self.embed[tokens] * self.embed_scale  # (B, C, D)
+        x = F.embedding(tokens, self.embed) * self.embed_scale  # (B, C, D)
         if self.cfg.prefix:
             pre = torch.zeros(x.shape[0], self.cfg.prefix, x.shape[-1], dtype=x.dtype, device=x.device)
             pre[:, 0] = self.puzzle_emb

@@ -75,6 +75,11 @@ def halting(q: torch.Tensor, steps: torch.Tensor, n_sup: int, explore: float,
     return (steps >= n_sup) | ((q > 0) & (steps >= min_steps))
 
 
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v == v]  # drop NaN (no slot halted in that step)
+    return float(np.mean(values)) if values else float("nan")
+
+
 def _resume_key(params: Params, meta: dict) -> dict:
     return {"teacher": asdict(params.teacher), "seed": params.common.seed, "data": meta}
 
@@ -153,7 +158,7 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
         window.append(stats)
         bar.update(1)
         if step % log_every == 0 or step == cfg.steps:
-            avg = {k: float(np.nanmean([w[k] for w in window])) for k in window[0]}
+            avg = {k: _mean([w[k] for w in window]) for k in window[0]}
             avg.update(step=step, lr=lr, minutes=(time.perf_counter() - t_start) / 60)
             window = []
             for k in ("lm_loss", "q_loss", "cell_acc", "exact_acc", "halt_steps"):

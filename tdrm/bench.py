@@ -1,0 +1,162 @@
+"""Benchmarks that print tables: `python -m tdrm.bench trm` and `python -m tdrm.bench solver`.
+
+trm: training throughput (samples x supervision steps per second), inference puzzles per second
+and peak memory, for the params profile (default: the shipped default profile) and for the
+paper config over a few steps.
+solver: the exact solver over a whole puzzle file: every puzzle must match its listed answer
+(and rating); prints median / mean / p90 / max ms per puzzle.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{torch.get_num_threads()} threads"
+    return f"{cpu}; {dev}"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def _peak_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def bench_trm(profile: str, params_path: str, steps: int, warmup: int, device) -> dict:
+    import yaml
+
+    from .config import from_dict
+    from .data.board import shape_for_n
+    from .models.losses import trm_loss
+    from .models.trm import TRM, count_params
+    from .train.optim import make_optimizer
+
+    raw = yaml.safe_load(Path(params_path).read_text())
+    raw["profile"] = profile
+    p = from_dict(raw)
+    cfg = p.teacher
+    n = 9 if profile == "paper" or p.data.source == "files" else p.data.size
+    shape = shape_for_n(n)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = TRM(cfg.model, shape.cells, shape.vocab).to(device)
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, shape.vocab, (cfg.batch, shape.cells), generator=g).to(device)
+    labels = torch.randint(2, shape.vocab, (cfg.batch, shape.cells), generator=g).to(device)
+    y, z = model.initial_state(cfg.batch)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        x = model.input_embedding(tokens)
+        y, z, logits, q = model.step(y.detach(), z.detach(), x)
+        loss, _, _ = trm_loss(logits, q, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    train_s = (time.perf_counter() - t0) / steps
+    model.eval()
+    with torch.no_grad():
+        model.trace(tokens, keep_states=False)
+        sync()
+        t0 = time.perf_counter()
+        reps = max(1, steps // cfg.model.n_sup)
+        for _ in range(reps):
+            model.trace(tokens, keep_states=False)
+        sync()
+        infer_s = (time.perf_counter() - t0) / reps
+    return {"profile": profile, "params": count_params(model), "batch": cfg.batch,
+            "T": cfg.model.T, "n": cfg.model.n, "n_sup": cfg.model.n_sup, "hidden": cfg.model.hidden,
+            "ms_per_train_step": 1000 * train_s,
+            "train_samples_x_steps_per_s": cfg.batch / train_s,
+            "infer_puzzles_per_s": cfg.batch / infer_s, "peak_mem_mb": _peak_mb(device),
+            "device": str(device), "timed_steps": steps}
+
+
+def bench_solver(path: str, limit: int | None) -> dict:
+    from .data.board import format_board
+    from .data.loaders import _raw_rows
+    from .data.solver import solve
+    from tqdm import tqdm
+
+    times, wrong, rating_diff, n = [], 0, 0, 0
+    rows = list(_raw_rows(Path(path)))[:limit]
+    for line, _, q, ans, rating in tqdm(rows, desc="solve", mininterval=2):
+        t0 = time.perf_counter()
+        res = solve(q)
+        times.append(time.perf_counter() - t0)
+        n += 1
+        if not res.unique or (ans is not None and format_board(res.solutions[0]) != ans):
+            wrong += 1
+        if rating not in (None, "") and int(float(rating)) != res.guesses:
+            rating_diff += 1
+    ms = np.array(times) * 1000
+    return {"file": path, "n": n, "wrong_or_not_unique": wrong, "rating_mismatch": rating_diff,
+            "median_ms": float(np.median(ms)), "mean_ms": float(ms.mean()),
+            "p90_ms": float(np.percentile(ms, 90)), "max_ms": float(ms.max()), "total_s": float(ms.sum() / 1000)}
+
+
+def _print(rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = [keys] + [[fmt(r.get(k, "")) for k in keys] for r in rows]
+    w = [max(len(row[i]) for row in table) for i in range(len(keys))]
+    for i, row in enumerate(table):
+        print("| " + " | ".join(c.ljust(w[j]) for j, c in enumerate(row)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+
+
+def run(what: str, **kw) -> int:
+    """Run one benchmark, print its table, optionally write JSON; exit status 1 if the solver erred."""
+    from .device import resolve_device
+    print(f"machine: {_machine()}; commit {_commit()}", flush=True)
+    if what == "trm":
+        device = resolve_device(kw["device"])
+        rows = []
+        for prof in kw["profiles"].split(","):
+            steps = kw["paper_steps"] if prof == "paper" else kw["steps"]
+            rows.append(bench_trm(prof, kw["params"], steps, 1 if prof == "paper" else 3, device))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    else:
+        rows = [bench_solver(kw["file"], kw["limit"])]
+    _print(rows)
+    if kw.get("out"):
+        Path(kw["out"]).write_text(json.dumps({"machine": _machine(), "commit": _commit(), "rows": rows}, indent=2))
+    return 0 if what != "solver" or rows[0]["wrong_or_not_unique"] == 0 else 1
+
+
+if __name__ == "__main__":
+    from .cli import bench_main
+    sys.exit(bench_main())

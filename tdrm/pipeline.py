@@ -1,0 +1,125 @@
+"""The DVC stages as library calls: each reads its params, runs inside a tracked run, writes metrics.
+
+Stage scripts in `stages/` only pass paths in. Tracking is Sacred (tdrm/tracking/sacred_run.py)
+unless `tracker_factory` is replaced (tests use the null tracker).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from . import config
+from .data.dataset import build, load_split
+from .device import resolve_device, set_threads
+from .eval.teacher import evaluate
+from .train.checkpoint import load as load_checkpoint
+
+
+def _tracked(stage: str, cfg: dict, seed: int, fn):
+    from .tracking.sacred_run import tracked_run
+    return tracked_run(stage, cfg, fn, seed)
+
+
+def _write_json(path: str | Path, obj: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _write_csv(path: str | Path, rows: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def data_stage(params_path: str, out_dir: str, metrics_path: str) -> dict:
+    p = config.load(params_path)
+
+    def run(tracker):
+        meta = build(p.data, out_dir)
+        metrics = {"profile": p.profile, "board": meta["board"], "classes": meta["classes"],
+                   **{f"{s}_puzzles": c["puzzles"] for s, c in meta["counts"].items()},
+                   "mean_givens_test": meta["mean_givens"]["test"], "sacred_run_id": tracker.run_id}
+        _write_json(metrics_path, metrics)
+        tracker.add_artifact(metrics_path)
+        return metrics
+
+    return _tracked("data", {"profile": p.profile, "data": asdict(p.data)}, p.common.seed, run)
+
+
+def teacher_stage(params_path: str, data_dir: str, model_out: str, metrics_path: str, plot_path: str,
+                  resume_dir: str = "checkpoints") -> dict:
+    from .train.teacher import train_teacher
+
+    p = config.load(params_path)
+    set_threads(p.common.threads)
+
+    def run(tracker):
+        res = train_teacher(p, data_dir, model_out, resume_path=Path(resume_dir) / "teacher-resume.pt",
+                            tracker=tracker)
+        history = res.pop("history")
+        _write_csv(plot_path, history)
+        metrics = {"profile": p.profile, **res, "sacred_run_id": tracker.run_id}
+        _write_json(metrics_path, metrics)
+        tracker.add_artifact(metrics_path)
+        return metrics
+
+    cfg = {"profile": p.profile, "common": asdict(p.common), "teacher": asdict(p.teacher)}
+    return _tracked("teacher", cfg, p.common.seed, run)
+
+
+def load_teacher(path: str | Path, device="cpu", ema: bool = True):
+    """(model, checkpoint) with EMA weights by default; clear errors for bad files."""
+    from .models.trm import TRM
+    from .train.checkpoint import CheckpointError
+
+    ck = load_checkpoint(path, map_location=device)
+    if ck.get("kind") != "teacher":
+        raise CheckpointError(f"{path} holds a {ck.get('kind')!r} model, not a TRM teacher")
+    model_cfg = config.section_from_dict(config.Model, ck["config"]["teacher"]["model"])
+    meta = ck["data_meta"]
+    model = TRM(model_cfg, meta["cells"], meta["vocab"]).to(device)
+    model.load_state_dict(ck["ema"] if ema else ck["model"])
+    model.eval()
+    return model, ck
+
+
+def check_size(ck: dict, cells: int, what: str) -> None:
+    meta = ck["data_meta"]
+    if meta["cells"] != cells:
+        raise ValueError(f"size mismatch: the checkpoint was trained on {meta['board']} boards "
+                         f"({meta['cells']} cells) but {what} has {cells}-cell puzzles")
+
+
+def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_path: str,
+                   plot_path: str) -> dict:
+    p = config.load(params_path)
+    set_threads(p.common.threads)
+    device = resolve_device(p.common.device)
+
+    def run(tracker):
+        model, ck = load_teacher(model_path, device)
+        test = load_split(data_dir, "test")
+        check_size(ck, test.shape.cells, f"{data_dir}/test.npz")
+        if p.evaluate.limit:
+            test = test.take(list(range(min(p.evaluate.limit, len(test)))))
+        res = evaluate(model, test, p.evaluate.batch_size, device, progress=True)
+        for k, acc in enumerate(res["per_step_exact_accuracy"], start=1):
+            tracker.log_scalar("test.exact_accuracy_by_step", acc, k)
+        _write_csv(plot_path, [{"step": k, "exact_accuracy": a, "cell_accuracy": c} for k, (a, c) in
+                               enumerate(zip(res["per_step_exact_accuracy"], res["per_step_cell_accuracy"]), 1)])
+        metrics = {"profile": p.profile, "weights": "ema", "split": "test", **res,
+                   "train_steps": ck["step"], "train_minutes": ck["elapsed"] / 60,
+                   "sacred_run_id": tracker.run_id}
+        _write_json(metrics_path, metrics)
+        tracker.add_artifact(metrics_path)
+        return metrics
+
+    cfg = {"profile": p.profile, "common": asdict(p.common), "evaluate": asdict(p.evaluate)}
+    return _tracked("evaluate", cfg, p.common.seed, run)

@@ -1,0 +1,102 @@
+"""Run a stage inside a Sacred run: FileStorage under `runs/` (absolute), MongoDB when configured.
+
+`TDRM_RUNS_DIR` overrides the FileStorage directory. `TDRM_MONGO_URL` (and `TDRM_MONGO_DB`,
+default `tdrm`) add a MongoObserver; if the server cannot be reached the stage says so and
+records to FileStorage only. Under `dvc exp run --temp` / queued runs DVC works in a copy at
+`<repo>/.dvc/tmp/exps/...`; the runs directory then still resolves to `<repo>/runs`.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .base import Tracker
+
+
+class SacredTracker(Tracker):
+    def __init__(self, run):
+        self._run = run
+        self.run_id = str(run._id) if run._id is not None else None
+
+    def log_scalar(self, name, value, step):
+        self._run.log_scalar(name, float(value), int(step))
+
+    def add_artifact(self, path, name=None):
+        self._run.add_artifact(str(path), name)
+
+    def info(self, key, value):
+        self._run.info[key] = value
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 3):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
+def runs_dir() -> Path:
+    env = os.environ.get("TDRM_RUNS_DIR")
+    return Path(env).resolve() if env else project_root() / "runs"
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def mongo_observer():
+    """A MongoObserver for TDRM_MONGO_URL, or None (with a clear message) if unset/unreachable."""
+    url = os.environ.get("TDRM_MONGO_URL")
+    if not url:
+        return None
+    import pymongo
+    from sacred.observers import MongoObserver
+
+    db = os.environ.get("TDRM_MONGO_DB", "tdrm")
+    try:
+        client = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000)
+        client.admin.command("ping")
+    except Exception as e:  # pymongo raises several connection error types
+        print(f"TDRM_MONGO_URL={url} is unreachable ({type(e).__name__}); recording to FileStorage only",
+              file=sys.stderr)
+        return None
+    return MongoObserver(client=client, db_name=db)
+
+
+def tracked_run(stage: str, config: dict, fn: Callable[[Tracker], dict], seed: int) -> dict:
+    """Run `fn(tracker)` as the main function of a Sacred experiment named `stage`."""
+    from sacred import SETTINGS, Experiment
+    from sacred.observers import FileStorageObserver
+
+    SETTINGS.CAPTURE_MODE = "sys"  # fd capture would swallow tqdm's carriage returns
+    SETTINGS.DISCOVER_SOURCES = "none"
+    SETTINGS.DISCOVER_DEPENDENCIES = "none"
+    ex = Experiment(f"tdrm.{stage}", save_git_info=False, interactive=True)
+    ex.add_config({**config, "seed": seed})
+    ex.observers.append(FileStorageObserver(str(runs_dir())))
+    mongo = mongo_observer()
+    if mongo is not None:
+        ex.observers.append(mongo)
+    root = project_root()
+
+    @ex.main
+    def main(_run):
+        tracker = SacredTracker(_run)
+        tracker.info("stage", stage)
+        tracker.info("git_commit", _git_commit(root))
+        for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+            if os.environ.get(var):
+                tracker.info(var.lower(), os.environ[var])
+        return fn(tracker)
+
+    run = ex.run()
+    return run.result
