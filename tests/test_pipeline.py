@@ -66,7 +66,8 @@ def test_unreachable_mongo_falls_back_to_filestorage(tiny_params_file, tmp_path,
 
 
 def test_runs_dir_resolves_to_repo_under_dvc_temp_exps(tmp_path, monkeypatch):
-    from tdrm.tracking.sacred_run import project_root, runs_dir
+    from tdrm.paths import project_root
+    from tdrm.tracking.sacred_run import runs_dir
     tmp = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
     tmp.mkdir(parents=True)
     assert project_root(tmp) == tmp_path / "repo"

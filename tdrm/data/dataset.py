@@ -20,6 +20,7 @@ from .board import Shape, shape_for_length, shape_for_n
 from .generate import generate_many
 from .loaders import PuzzleSet, load_puzzles, sha256
 from .solver import solve
+from ..paths import resolve_input
 
 SPLITS = ("train", "val", "test")
 
@@ -91,6 +92,7 @@ def _collect(cfg: Data, rng: np.random.Generator, progress: bool) -> tuple[Puzzl
         raise ValueError("data.source is 'files' but data.files is empty")
     sets, sources = [], []
     for f in cfg.files:
+        f = resolve_input(f)
         ps = load_puzzles(f, skip_bad=cfg.skip_bad)
         if ps.skipped:
             print(f"{f}: skipped {ps.skipped} bad rows (first: {ps.errors[0]})")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ..paths import project_root
 from .base import Tracker
 
 
@@ -29,15 +30,6 @@ class SacredTracker(Tracker):
 
     def info(self, key, value):
         self._run.info[key] = value
-
-
-def project_root(cwd: Path | None = None) -> Path:
-    cwd = (cwd or Path.cwd()).resolve()
-    parts = cwd.parts
-    for i in range(len(parts) - 3):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return cwd
 
 
 def runs_dir() -> Path:
@@ -74,7 +66,11 @@ def mongo_observer():
 
 def tracked_run(stage: str, config: dict, fn: Callable[[Tracker], dict], seed: int) -> dict:
     """Run `fn(tracker)` as the main function of a Sacred experiment named `stage`."""
-    from sacred import SETTINGS, Experiment
+    import warnings
+
+    with warnings.catch_warnings():  # Sacred imports pkg_resources, deprecated in setuptools 81
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        from sacred import SETTINGS, Experiment
     from sacred.observers import FileStorageObserver
 
     SETTINGS.CAPTURE_MODE = "sys"  # fd capture would swallow tqdm's carriage returns
