@@ -46,7 +46,7 @@ def _peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def bench_trm(profile: str, params_path: str, steps: int, warmup: int, device) -> dict:
+def bench_trm(profile: str, params_path: str, steps: int, warmup: int, device, batch: int | None = None) -> dict:
     import yaml
 
     from .config import from_dict
@@ -59,6 +59,9 @@ def bench_trm(profile: str, params_path: str, steps: int, warmup: int, device) -
     raw["profile"] = profile
     p = from_dict(raw)
     cfg = p.teacher
+    if batch:
+        import dataclasses
+        cfg = dataclasses.replace(cfg, batch=batch)
     n = 9 if profile == "paper" or p.data.source == "files" else p.data.size
     shape = shape_for_n(n)
     if device.type == "cuda":
@@ -147,7 +150,8 @@ def run(what: str, **kw) -> int:
         rows = []
         for prof in kw["profiles"].split(","):
             steps = kw["paper_steps"] if prof == "paper" else kw["steps"]
-            rows.append(bench_trm(prof, kw["params"], steps, 1 if prof == "paper" else 3, device))
+            batch = kw.get("paper_batch") if prof == "paper" else None
+            rows.append(bench_trm(prof, kw["params"], steps, 1 if prof == "paper" else 3, device, batch))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     else:
         rows = [bench_solver(kw["file"], kw["limit"])]

@@ -123,6 +123,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     t.add_argument("--profiles", default="default,paper")
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--paper-steps", type=int, default=3, help="timed steps for the paper config")
+    t.add_argument("--paper-batch", type=int, help="batch for the paper config (default: its 768)")
     t.add_argument("--device", default="auto")
     t.add_argument("--out")
     s = sub.add_parser("solver", help="exact solver over a whole puzzle file")

@@ -95,15 +95,32 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class Traces:
+    splits: tuple[str, ...] = ("train", "val")
+    num_aug: int = 1  # augmented copies per training puzzle, besides the original
+    limit: int | None = None  # at most this many base puzzles per split
+    inner: bool = False  # record every inner z update instead of step ends only
+    noise: float = 0.0  # PTRM-style Gaussian noise on z after each supervision step
+    projection: str = "none"  # none | orthogonal | pca
+    channels: int | None = None  # projected channels (orthogonal / pca)
+    pca_sample: int = 256  # puzzles whose states fit the PCA
+    prefix: bool = False  # keep the prefix positions too
+    dtype: str = "fp16"  # fp16 | bf16
+    shard_size: int = 512  # puzzles per shard
+    batch: int = 256
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str
     common: Common
     data: Data
     teacher: Teacher
     evaluate: Evaluate
+    traces: Traces = field(default_factory=Traces)
 
 
-SECTIONS = {"common": Common, "data": Data, "teacher": Teacher, "evaluate": Evaluate}
+SECTIONS = {"common": Common, "data": Data, "teacher": Teacher, "evaluate": Evaluate, "traces": Traces}
 
 
 def _build(cls, raw, where: str):

@@ -67,3 +67,17 @@ def test_solve_with_checkpoint_prints_each_step(tiny_ckpt, capsys):
     main(["solve", "1.3..4.....2.1..", "--checkpoint", str(tiny_ckpt / "t.pt")])
     out = capsys.readouterr().out
     assert "step 1:" in out and "step 3:" in out
+
+
+def test_bench_prints_tables(capsys, tmp_path):
+    from tdrm.cli import bench_main
+
+    from .conftest import ROOT
+    assert bench_main(["trm", "--params", str(ROOT / "params.yaml"), "--profiles", "tiny", "--steps", "2",
+                       "--out", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "train_samples_x_steps_per_s" in out and "| tiny" in out
+    assert json.loads((tmp_path / "b.json").read_text())["rows"][0]["batch"] == 64
+    assert bench_main(["solver", "--file", str(FIXTURES / "hard9.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "median_ms" in out and "| 20 " in out

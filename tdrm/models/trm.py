@@ -29,6 +29,7 @@ class Trace:
     z: torch.Tensor
     logits: torch.Tensor
     q: torch.Tensor
+    z_inner: torch.Tensor | None = None  # (K, T*n, B, L, D) when recorded
 
 
 class TRM(nn.Module):
@@ -66,15 +67,14 @@ class TRM(nn.Module):
     # -- pieces ---------------------------------------------------------------------------
     def input_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, C) -> x (B, L, D)."""
-        x = F.embedding(tokens, self.embed) * self.embed_scale  # (B, C, D)
+        x = F.embedding(tokens, self.embed)  # (B, C, D)
         if self.cfg.prefix:
             pre = torch.zeros(x.shape[0], self.cfg.prefix, x.shape[-1], dtype=x.dtype, device=x.device)
             pre[:, 0] = self.puzzle_emb
             x = torch.cat([pre, x], dim=1)  # (B, L, D)
         if self.pos is not None:
-            # scaled like the token embedding; 1/sqrt(2) keeps the variance of the sum
-            x = 0.707106781 * (x + self.pos * self.embed_scale)
-        return x
+            x = 0.707106781 * (x + self.pos)  # 1/sqrt(2) keeps the variance of the sum
+        return self.embed_scale * x  # the whole input, prefix included, is scaled by sqrt(D)
 
     def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (batch, self.seq, self.cfg.hidden)
@@ -111,21 +111,44 @@ class TRM(nn.Module):
         return y, z, logits, q
 
     @torch.no_grad()
-    def trace(self, tokens: torch.Tensor, steps: int | None = None, keep_states: bool = True) -> Trace:
-        """Inference over exactly `steps` (default N_sup) supervision steps, recording each."""
+    def trace(self, tokens: torch.Tensor, steps: int | None = None, keep_states: bool = True, *,
+              noise: float = 0.0, generator: torch.Generator | None = None, inner: bool = False) -> Trace:
+        """Inference over exactly `steps` (default N_sup) supervision steps, recording each.
+
+        noise: std of Gaussian noise added to z after every supervision step (PTRM-style latent
+        noise, so that trajectories form a distribution); the recorded z is the noised one, the
+        state the next step starts from. `generator` draws it (on the CPU, so runs repeat on any
+        device). inner: also record z after every latent update, `z_inner` (K, T*n, B, L, D).
+        """
         steps = steps or self.cfg.n_sup
         x = self.input_embedding(tokens)
         y, z = self.initial_state(tokens.shape[0])
-        ys, zs, logits_, qs = [], [], [], []
+        ys, zs, logits_, qs, inners = [], [], [], [], []
         for _ in range(steps):
-            y, z, logits, q = self.step(y, z, x)
+            if inner:
+                zi = []
+                for _ in range(self.cfg.T):
+                    inj = y + x
+                    for _ in range(self.cfg.n):
+                        z = self.f(z, inj)
+                        zi.append(z)
+                    y = self.f(y, z)
+                logits, q = self.heads(y)
+                inners.append(torch.stack(zi))
+            else:
+                y, z, logits, q = self.step(y, z, x)
+            if noise > 0:
+                eps = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z.device, z.dtype)
+                z = z + noise * eps
             if keep_states:
                 ys.append(y)
                 zs.append(z)
             logits_.append(logits)
             qs.append(q)
         stack = (lambda t: torch.stack(t)) if keep_states else (lambda t: torch.empty(0))
-        return Trace(stack(ys), stack(zs), torch.stack(logits_), torch.stack(qs))
+        tr = Trace(stack(ys), stack(zs), torch.stack(logits_), torch.stack(qs))
+        tr.z_inner = torch.stack(inners) if inner else None
+        return tr
 
 
 def count_params(model: nn.Module) -> int:

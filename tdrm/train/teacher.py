@@ -135,6 +135,7 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
     t_start = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.steps, initial=step, desc="teacher", disable=not progress, mininterval=2)
     window: list[dict] = []
+    last_val = float("nan")
     while step < cfg.steps:
         carry = refill(carry, model, stream)
         lr = warmup_constant(step, cfg.lr, cfg.warmup)
@@ -169,8 +170,9 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
                 tracker.log_scalar("val.exact_accuracy_ema", res["exact_accuracy"], step)
                 model.train()
             history.append(avg)
+            last_val = avg.get("val_exact_ema", last_val)
             bar.set_postfix(loss=f"{avg['lm_loss']:.3f}", exact=f"{avg['exact_acc']:.3f}",
-                            val=f"{avg.get('val_exact_ema', float('nan')):.3f}")
+                            val_ema=f"{last_val:.3f}")
         elapsed = time.perf_counter() - t_start
         if resume_path and cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
             save(resume_path, final=False)
