@@ -123,3 +123,24 @@ def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_pat
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "evaluate": asdict(p.evaluate)}
     return _tracked("evaluate", cfg, p.common.seed, run)
+
+
+def traces_stage(params_path: str, data_dir: str, model_path: str, out_dir: str, metrics_path: str) -> dict:
+    from .traces.record import record
+
+    p = config.load(params_path)
+    set_threads(p.common.threads)
+    device = resolve_device(p.common.device)
+
+    def run(tracker):
+        model, ck = load_teacher(model_path, device)
+        res = record(model, model_path, data_dir, out_dir, p.traces, p.common.seed, device)
+        metrics = {"profile": p.profile, **{k: v for k, v in res.items() if k != "splits"},
+                   **{f"{s}_puzzles": v["puzzles"] for s, v in res["splits"].items()},
+                   "sacred_run_id": tracker.run_id}
+        _write_json(metrics_path, metrics)
+        tracker.add_artifact(metrics_path)
+        return metrics
+
+    cfg = {"profile": p.profile, "common": asdict(p.common), "traces": asdict(p.traces)}
+    return _tracked("traces", cfg, p.common.seed, run)

@@ -54,6 +54,9 @@ def test_stage_scripts_take_paths_from_argv(tiny_params_file, tmp_path):
     run("data.py", "d", "m/data.json")
     run("teacher.py", "d", "t.pt", "m/train.json", "p/train.csv")
     run("evaluate.py", "d", "t.pt", "m/eval.json", "p/steps.csv")
+    run("traces.py", "d", "t.pt", "tr", "m/traces.json")
+    tm = json.loads((tmp_path / "m/traces.json").read_text())
+    assert tm["train_puzzles"] == 40 and tm["val_puzzles"] == 20 and tm["bytes_per_puzzle"] > 0
     assert json.loads((tmp_path / "m/eval.json").read_text())["n"] == 100
     assert (tmp_path / "p/steps.csv").read_text().startswith("step,exact_accuracy")
 
