@@ -111,6 +111,19 @@ class Traces:
 
 
 @dataclass(frozen=True)
+class Denoiser:
+    """Sizes of the trajectory denoiser (issue 3)."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    expansion: float = 4.0
+    attention: str = "factorised"  # full | factorised (over steps, then over cells)
+    self_cond: bool = False
+    init_seed: int = 0
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str
     common: Common

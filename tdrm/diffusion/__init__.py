@@ -1,0 +1,1 @@
+"""Gaussian diffusion over teacher trajectories: schedules, losses, samplers with exact log-probs."""

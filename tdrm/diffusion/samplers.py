@@ -1,0 +1,97 @@
+"""Samplers for an x0-predicting denoiser; every sampler shares one signature:
+
+    sample_x(model, x_T, schedule, *, generator, steps=None, cond=None, eta=..., return_path=False)
+
+`model(x_t, t, cond) -> x0_hat` with t (B,) integer steps. With `return_path` the result carries,
+for every reverse step, x_t, t, the Gaussian mean, sigma and the exact log-probability of the
+drawn x_{t-1} (None where sigma = 0: that step is deterministic).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .logprob import gaussian_log_prob
+from .schedules import Schedule
+
+
+@dataclass
+class Step:
+    t: int
+    t_prev: int
+    x_t: torch.Tensor
+    x0_hat: torch.Tensor
+    mean: torch.Tensor
+    sigma: float
+    x_prev: torch.Tensor
+    log_prob: torch.Tensor | None  # (B,) or None when deterministic
+
+
+@dataclass
+class Sample:
+    x0: torch.Tensor
+    path: list[Step] = field(default_factory=list)
+
+
+def timesteps(schedule: Schedule, steps: int | None) -> list[int]:
+    """Descending steps T = t_0 > ... > t_{S-1} >= 1, evenly spaced (DDIM's subsequence)."""
+    s = schedule.T if steps is None else steps
+    if not 1 <= s <= schedule.T:
+        raise ValueError(f"sampling steps must be in 1..{schedule.T}, got {s}")
+    ts = torch.linspace(schedule.T, 1, s).round().long().tolist()
+    return list(dict.fromkeys(ts))
+
+
+def ddim_step_params(schedule: Schedule, t: int, t_prev: int, eta: float) -> tuple[float, float, float]:
+    """(c_x0, c_eps, sigma) of DDIM's reverse step (Song et al. 2021, eq. 12):
+    x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z,
+    sigma = eta sqrt((1 - ab_prev)/(1 - ab_t)) sqrt(1 - ab_t/ab_prev). eta = 1 with consecutive
+    steps is DDPM's posterior (Ho et al. 2020, eq. 7)."""
+    ab_t = float(schedule.alpha_bar[t])
+    ab_p = float(schedule.alpha_bar[t_prev])
+    sigma = eta * ((1 - ab_p) / (1 - ab_t) * (1 - ab_t / ab_p)) ** 0.5
+    c_eps = max(1 - ab_p - sigma ** 2, 0.0) ** 0.5
+    return ab_p ** 0.5, c_eps, sigma
+
+
+def _sample(model, x_T, schedule, *, generator, steps, cond, eta, return_path, sigma_floor=0.0):
+    x = x_T
+    out = Sample(x_T)
+    ts = timesteps(schedule, steps)
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else 0
+        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        x0_hat = model(x, tt, cond)
+        ab_t = float(schedule.alpha_bar[t])
+        eps_hat = (x - ab_t ** 0.5 * x0_hat) / (1 - ab_t) ** 0.5
+        c_x0, c_eps, sigma = ddim_step_params(schedule, t, t_prev, eta)
+        if t_prev > 0:
+            sigma = max(sigma, sigma_floor)
+        mean = c_x0 * x0_hat + c_eps * eps_hat
+        if sigma > 0:
+            z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+            x_prev = mean + sigma * z
+            lp = gaussian_log_prob(x_prev, mean, sigma) if return_path else None
+        else:
+            x_prev, lp = mean, None
+        if return_path:
+            out.path.append(Step(t, t_prev, x, x0_hat, mean, sigma, x_prev, lp))
+        x = x_prev
+    out.x0 = x
+    return out
+
+
+def sample_ddpm(model, x_T, schedule: Schedule, *, generator: torch.Generator, steps: int | None = None,
+                cond=None, eta: float = 1.0, return_path: bool = False, sigma_floor: float = 0.0) -> Sample:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) with the posterior variance; with fewer
+    `steps` than T it strides over the schedule (the DDIM generalisation at eta = 1)."""
+    return _sample(model, x_T, schedule, generator=generator, steps=steps, cond=cond, eta=1.0,
+                   return_path=return_path, sigma_floor=sigma_floor)
+
+
+def sample_ddim(model, x_T, schedule: Schedule, *, generator: torch.Generator, steps: int | None = None,
+                cond=None, eta: float = 0.0, return_path: bool = False, sigma_floor: float = 0.0) -> Sample:
+    """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta > 0 stochastic."""
+    return _sample(model, x_T, schedule, generator=generator, steps=steps, cond=cond, eta=eta,
+                   return_path=return_path, sigma_floor=sigma_floor)

@@ -1,0 +1,119 @@
+"""Trajectory denoiser: a transformer over the K x L tokens of a teacher trajectory.
+
+Input x_t (B, K, L, C) is the noised standardised trajectory; the puzzle enters as a clean row of
+L conditioning tokens in front of the K trajectory rows (DiffuSeq-style partial noising), so the
+token grid is (K+1) x L. Attention is either full over all (K+1) L tokens or factorised: blocks
+alternate attention over steps (per cell) and over cells (per step). Time enters by adaLN-Zero
+(DiT, Peebles & Xie 2023): each block's shift/scale/gate come from the time embedding through a
+zero-initialised linear, so every block starts as the identity. The output is x0_hat (B, K, L, C).
+
+Shapes: B batch, K steps, L cells, C channels, D hidden, H heads, E head dim.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..config import Denoiser as DenoiserConfig
+from .layers import Linear, SwiGLU, trunc_normal_
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) steps -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (B, N, D) with per-sample shift/scale (B, D)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, g=None):
+        super().__init__()
+        self.heads = heads
+        self.qkv = Linear(dim, 3 * dim, g)
+        self.out = Linear(dim, dim, g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, S, D): attention over S for each of N sequences."""
+        q, k, v = rearrange(self.qkv(x), "n s (three h e) -> three n h s e", three=3, h=self.heads)
+        o = F.scaled_dot_product_attention(q, k, v)  # (N, H, S, E)
+        return self.out(rearrange(o, "n h s e -> n s (h e)"))
+
+
+class DenoiserBlock(nn.Module):
+    """adaLN-Zero block; `axis` is `all`, `steps` or `cells`."""
+
+    def __init__(self, dim: int, heads: int, expansion: float, axis: str, g=None):
+        super().__init__()
+        self.axis = axis
+        self.attn = SelfAttention(dim, heads, g)
+        self.mlp = SwiGLU(dim, expansion, 8, g)
+        self.ada = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """h (B, K1, L, D), temb (B, D)."""
+        b, k1, l, d = h.shape
+        s1, c1, g1, s2, c2, g2 = self.ada(F.silu(temb)).chunk(6, dim=-1)  # each (B, D)
+        x = modulate(F.layer_norm(h.reshape(b, k1 * l, d), (d,)), s1, c1).reshape(b, k1, l, d)
+        if self.axis == "all":
+            a = self.attn(x.reshape(b, k1 * l, d)).reshape(b, k1, l, d)
+        elif self.axis == "steps":
+            a = rearrange(self.attn(rearrange(x, "b k l d -> (b l) k d")), "(b l) k d -> b k l d", b=b)
+        else:
+            a = rearrange(self.attn(rearrange(x, "b k l d -> (b k) l d")), "(b k) l d -> b k l d", b=b)
+        h = h + g1[:, None, None] * a
+        x = modulate(F.layer_norm(h.reshape(b, k1 * l, d), (d,)), s2, c2).reshape(b, k1, l, d)
+        return h + g2[:, None, None] * self.mlp(x)
+
+
+class Denoiser(nn.Module):
+    def __init__(self, cfg: DenoiserConfig, steps: int, cells: int, channels: int, vocab: int):
+        super().__init__()
+        if cfg.attention not in ("full", "factorised"):
+            raise ValueError(f"denoiser attention must be 'full' or 'factorised', got {cfg.attention!r}")
+        self.cfg, self.K, self.L, self.C = cfg, steps, cells, channels
+        g = torch.Generator().manual_seed(cfg.init_seed)
+        d = cfg.hidden
+        self.inp = Linear(channels * (2 if cfg.self_cond else 1), d, g)
+        self.puzzle = nn.Parameter(trunc_normal_(torch.empty(vocab, d), 1 / math.sqrt(d), g))
+        self.step_pos = nn.Parameter(trunc_normal_(torch.empty(steps + 1, d), 0.02, g))
+        self.cell_pos = nn.Parameter(trunc_normal_(torch.empty(cells, d), 0.02, g))
+        self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        axes = ["all"] * cfg.layers if cfg.attention == "full" else \
+            [("steps", "cells")[i % 2] for i in range(cfg.layers)]
+        self.blocks = nn.ModuleList(DenoiserBlock(d, cfg.heads, cfg.expansion, a, g) for a in axes)
+        self.final_ada = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, channels)
+        for m in (self.final_ada, self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, puzzle: torch.Tensor,
+                x0_prev: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t (B, K, L, C), t (B,) steps, puzzle tokens (B, L) -> x0_hat (B, K, L, C)."""
+        b = x_t.shape[0]
+        if x_t.shape[1:] != (self.K, self.L, self.C):
+            raise ValueError(f"expected trajectories (B, {self.K}, {self.L}, {self.C}), got {tuple(x_t.shape)}")
+        if self.cfg.self_cond:
+            x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], dim=-1)
+        h = self.inp(x_t)  # (B, K, L, D)
+        cond = self.puzzle[puzzle][:, None]  # (B, 1, L, D): the clean puzzle row
+        h = torch.cat([cond, h], dim=1) + self.step_pos[None, :, None] + self.cell_pos[None, None]
+        temb = self.time(timestep_embedding(t, self.cfg.hidden))  # (B, D)
+        for blk in self.blocks:
+            h = blk(h, temb)
+        shift, scale = self.final_ada(F.silu(temb)).chunk(2, dim=-1)
+        d = self.cfg.hidden
+        h = modulate(F.layer_norm(h[:, 1:].reshape(b, -1, d), (d,)), shift, scale)
+        return self.out(h).reshape(b, self.K, self.L, self.C)

@@ -1,0 +1,125 @@
+import math
+
+import pytest
+import torch
+
+from tdrm.config import Denoiser as DenoiserConfig
+from tdrm.diffusion.logprob import gaussian_log_prob
+from tdrm.diffusion.samplers import ddim_step_params, sample_ddim, sample_ddpm, timesteps
+from tdrm.diffusion.schedules import alpha_bar_sqrt, make_schedule, q_sample
+from tdrm.models.denoiser import Denoiser
+
+
+@pytest.mark.parametrize("name", ["sqrt", "cosine"])
+def test_schedules_are_monotone_and_valid(name):
+    s = make_schedule(name, 50)
+    ab = s.alpha_bar
+    assert ab[0] == 1 and (ab[1:] < 1).all() and (ab > 0).all() and (ab[1:] <= ab[:-1]).all()
+    b = s.betas()
+    assert b[0] == 0 and ((b[1:] > 0) & (b[1:] <= 0.999)).all()
+    with pytest.raises(ValueError, match="schedule"):
+        make_schedule("linearish", 10)
+
+
+def test_sqrt_schedule_formula():
+    assert math.isclose(alpha_bar_sqrt(torch.tensor(0.25)).item(), 1 - math.sqrt(0.25 + 1e-4), rel_tol=1e-6)
+
+
+def test_q_sample_moments():
+    s = make_schedule("cosine", 10)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((20000, 4), 2.0)
+    t = torch.full((20000,), 5)
+    xt = q_sample(x0, t, s, torch.randn(x0.shape, generator=g))
+    ab = float(s.alpha_bar[5])
+    assert abs(xt.mean().item() - 2 * math.sqrt(ab)) < 0.02 and abs(xt.var().item() - (1 - ab)) < 0.02
+
+
+def test_log_prob_matches_torch_normal():
+    g = torch.Generator().manual_seed(1)
+    x, mu = torch.randn(3, 2, 5, generator=g), torch.randn(3, 2, 5, generator=g)
+    ref = torch.distributions.Normal(mu.double(), 0.7).log_prob(x.double()).sum((1, 2))
+    assert torch.allclose(gaussian_log_prob(x, mu, 0.7), ref)
+    assert torch.allclose(gaussian_log_prob(x, mu, 0.7, reduce="mean"), ref / 10)
+    sig = torch.tensor([0.5, 1.0, 2.0])
+    ref2 = torch.distributions.Normal(mu.double(), sig.double().view(3, 1, 1)).log_prob(x.double()).sum((1, 2))
+    assert torch.allclose(gaussian_log_prob(x, mu, sig), ref2)
+
+
+class Oracle(torch.nn.Module):
+    """Predicts a fixed x0 whatever the input (a perfect denoiser of a delta distribution)."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0 = x0
+
+    def forward(self, x, t, cond):
+        return self.x0.expand_as(x)
+
+
+def test_ddim_eta0_is_deterministic_and_exact_with_an_oracle():
+    s = make_schedule("sqrt", 40)
+    x0 = torch.randn(1, 3, 4, generator=torch.Generator().manual_seed(0))
+    xT = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))
+    a = sample_ddim(Oracle(x0), xT, s, generator=torch.Generator().manual_seed(2), steps=8)
+    b = sample_ddim(Oracle(x0), xT, s, generator=torch.Generator().manual_seed(3), steps=8)
+    assert torch.equal(a.x0, b.x0) and torch.allclose(a.x0, x0.expand_as(a.x0), atol=1e-5)
+
+
+def test_stochastic_paths_carry_exact_step_log_probs():
+    s = make_schedule("cosine", 20)
+    model = Oracle(torch.zeros(1, 6))
+    xT = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    out = sample_ddpm(model, xT, s, generator=torch.Generator().manual_seed(5), return_path=True)
+    assert [st.t for st in out.path] == list(range(20, 0, -1))
+    for st in out.path[:-1]:
+        ref = torch.distributions.Normal(st.mean.double(), st.sigma).log_prob(st.x_prev.double()).sum(-1)
+        assert torch.allclose(st.log_prob, ref)
+        # DDPM's sigma is the posterior std: beta_tilde = (1 - ab_prev)/(1 - ab_t) beta_t
+        ab_t, ab_p = float(s.alpha_bar[st.t]), float(s.alpha_bar[st.t_prev])
+        beta = 1 - ab_t / ab_p
+        assert math.isclose(st.sigma ** 2, (1 - ab_p) / (1 - ab_t) * beta, rel_tol=1e-9)
+    assert out.path[-1].log_prob is None and out.path[-1].sigma == 0  # last step to t=0 is the mean
+    again = sample_ddpm(model, xT, s, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(again.x0, out.x0)
+
+
+def test_ddim_with_eta_and_strided_steps():
+    s = make_schedule("sqrt", 100)
+    ts = timesteps(s, 10)
+    assert ts[0] == 100 and ts[-1] == 1 and len(ts) == 10
+    c_x0, c_eps, sigma = ddim_step_params(s, 50, 40, eta=0.5)
+    full = ddim_step_params(s, 50, 40, eta=1.0)[2]
+    assert math.isclose(sigma, 0.5 * full) and c_eps ** 2 + sigma ** 2 <= 1 - float(s.alpha_bar[40]) + 1e-12
+    out = sample_ddim(Oracle(torch.zeros(1, 3)), torch.randn(2, 3), s, generator=torch.Generator().manual_seed(0),
+                      steps=10, eta=0.5, return_path=True)
+    assert all(st.log_prob is not None for st in out.path[:-1])
+    with pytest.raises(ValueError, match="sampling steps"):
+        timesteps(s, 0)
+
+
+@pytest.mark.parametrize("attention,self_cond", [("full", False), ("factorised", True)])
+def test_denoiser_shapes_and_adaln_zero_start(attention, self_cond):
+    cfg = DenoiserConfig(hidden=16, layers=2, heads=2, attention=attention, self_cond=self_cond)
+    m = Denoiser(cfg, steps=3, cells=16, channels=8, vocab=6)
+    x = torch.randn(2, 3, 16, 8)
+    out = m(x, torch.tensor([1, 7]), torch.randint(0, 6, (2, 16)))
+    assert out.shape == (2, 3, 16, 8) and torch.equal(out, torch.zeros_like(out))  # zero-initialised output
+    with pytest.raises(ValueError, match=r"\(B, 3, 16, 8\)"):
+        m(torch.randn(2, 4, 16, 8), torch.tensor([1, 1]), torch.randint(0, 6, (2, 16)))
+
+
+def test_factorised_step_block_mixes_steps_not_cells():
+    cfg = DenoiserConfig(hidden=16, layers=1, heads=2, attention="factorised")
+    m = Denoiser(cfg, steps=3, cells=16, channels=4, vocab=6)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.1)  # undo the zero init to see information flow
+    x = torch.randn(1, 3, 16, 4)
+    puzzle, t = torch.randint(0, 6, (1, 16)), torch.tensor([3])
+    x2 = x.clone()
+    x2[0, 0, 5] += 1.0
+    d = (m(x2, t, puzzle) - m(x, t, puzzle)).abs().sum(-1)[0]  # (K, L)
+    assert d[1, 5] > 0 and d[2, 5] > 0  # other steps of the same cell see it
+    assert d[1, 6] == 0 and d[2, 4] == 0  # other cells do not (one step-axis block)
