@@ -124,6 +124,31 @@ class Denoiser:
 
 
 @dataclass(frozen=True)
+class Distill:
+    denoiser: Denoiser = field(default_factory=Denoiser)
+    state: str = "y"  # y | yz: which teacher states the diffusion models
+    schedule: str = "cosine"  # cosine | sqrt
+    T: int = 200
+    self_cond_prob: float = 0.5  # with denoiser.self_cond: how often to feed a first estimate
+    steps: int = 2000
+    batch: int = 64
+    lr: float = 3e-4
+    warmup: int = 100
+    weight_decay: float = 0.0
+    ema: float = 0.999
+    loss_weighting: str = "uniform"  # uniform | min_snr (Hang et al. 2023, gamma 5)
+    ce_weight: float = 0.1
+    ce_target: str = "solution"  # solution | teacher
+    sampler: str = "ddim"  # ddim | ddpm: evaluation defaults, stored in the checkpoint
+    sample_steps: int = 20
+    eta: float = 0.0
+    samples: int = 1
+    eval_every: int = 500
+    eval_limit: int = 200
+    ckpt_every: int = 250
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str
     common: Common
@@ -131,9 +156,11 @@ class Params:
     teacher: Teacher
     evaluate: Evaluate
     traces: Traces = field(default_factory=Traces)
+    distill: Distill = field(default_factory=Distill)
 
 
-SECTIONS = {"common": Common, "data": Data, "teacher": Teacher, "evaluate": Evaluate, "traces": Traces}
+SECTIONS = {"common": Common, "data": Data, "teacher": Teacher, "evaluate": Evaluate, "traces": Traces,
+            "distill": Distill}
 
 
 def _build(cls, raw, where: str):

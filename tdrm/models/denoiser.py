@@ -89,7 +89,7 @@ class Denoiser(nn.Module):
         self.puzzle = nn.Parameter(trunc_normal_(torch.empty(vocab, d), 1 / math.sqrt(d), g))
         self.step_pos = nn.Parameter(trunc_normal_(torch.empty(steps + 1, d), 0.02, g))
         self.cell_pos = nn.Parameter(trunc_normal_(torch.empty(cells, d), 0.02, g))
-        self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.time = nn.Sequential(Linear(d, d, g, bias=True), nn.SiLU(), Linear(d, d, g, bias=True))
         axes = ["all"] * cfg.layers if cfg.attention == "full" else \
             [("steps", "cells")[i % 2] for i in range(cfg.layers)]
         self.blocks = nn.ModuleList(DenoiserBlock(d, cfg.heads, cfg.expansion, a, g) for a in axes)
@@ -108,7 +108,7 @@ class Denoiser(nn.Module):
         if self.cfg.self_cond:
             x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], dim=-1)
         h = self.inp(x_t)  # (B, K, L, D)
-        cond = self.puzzle[puzzle][:, None]  # (B, 1, L, D): the clean puzzle row
+        cond = F.embedding(puzzle, self.puzzle)[:, None]  # (B, 1, L, D): the clean puzzle row
         h = torch.cat([cond, h], dim=1) + self.step_pos[None, :, None] + self.cell_pos[None, None]
         temb = self.time(timestep_embedding(t, self.cfg.hidden))  # (B, D)
         for blk in self.blocks:

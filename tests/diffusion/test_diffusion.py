@@ -123,3 +123,12 @@ def test_factorised_step_block_mixes_steps_not_cells():
     d = (m(x2, t, puzzle) - m(x, t, puzzle)).abs().sum(-1)[0]  # (K, L)
     assert d[1, 5] > 0 and d[2, 5] > 0  # other steps of the same cell see it
     assert d[1, 6] == 0 and d[2, 4] == 0  # other cells do not (one step-axis block)
+
+
+def test_denoiser_init_is_seeded_not_global_rng():
+    cfg = DenoiserConfig(hidden=16, layers=2, heads=2)
+    torch.manual_seed(0)
+    a = Denoiser(cfg, 3, 16, 8, 6).state_dict()
+    torch.manual_seed(1)
+    b = Denoiser(cfg, 3, 16, 8, 6).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
