@@ -20,26 +20,51 @@ def cmd_eval(a) -> int:
     from .eval.teacher import evaluate
     from .pipeline import check_size, load_teacher
 
+    from .train.checkpoint import load as load_checkpoint
+
     device = resolve_device(a.device)
-    model, ck = load_teacher(a.checkpoint, device, ema=not a.raw)
+    kind = load_checkpoint(a.checkpoint).get("kind")
     ps = load_puzzles(a.puzzles, limit=a.limit, skip_bad=a.skip_bad)
-    check_size(ck, ps.shape.cells, str(a.puzzles))
     if ps.skipped:
         print(f"skipped {ps.skipped} bad rows", file=sys.stderr)
-    res = evaluate(model, ps, a.batch_size, device, steps=a.steps, progress=True)
+    if kind == "tdrm":
+        res = _eval_tdrm(a, ps, device)
+    else:
+        model, ck = load_teacher(a.checkpoint, device, ema=not a.raw)
+        check_size(ck, ps.shape.cells, str(a.puzzles))
+        res = evaluate(model, ps, a.batch_size, device, steps=a.steps, progress=True)
     res.update(checkpoint=str(a.checkpoint), puzzles=str(a.puzzles), weights="raw" if a.raw else "ema")
     lo, hi = res["ci95"]
     rows = [("puzzles", f"{a.puzzles} (n={res['n']})"),
             ("exact accuracy", f"{res['exact_accuracy']:.4f}  95% CI [{lo:.4f}, {hi:.4f}]"),
-            ("cell accuracy", f"{res['cell_accuracy']:.4f}"),
-            ("per step exact", " ".join(f"{v:.3f}" for v in res["per_step_exact_accuracy"])),
             ("seconds", f"{res['seconds']:.2f} ({res['puzzles_per_second']:.1f} puzzles/s)")]
-    rows += [(f"rating {k}", f"{v['exact_accuracy']:.4f} (n={v['n']})") for k, v in res["by_rating"].items()]
+    if "per_step_exact_accuracy" in res:
+        rows.insert(2, ("cell accuracy", f"{res['cell_accuracy']:.4f}"))
+        rows.insert(3, ("per step exact", " ".join(f"{v:.3f}" for v in res["per_step_exact_accuracy"])))
+        rows += [(f"rating {k}", f"{v['exact_accuracy']:.4f} (n={v['n']})") for k, v in res["by_rating"].items()]
+    else:
+        rows.insert(2, ("sampler", f"{res['sampler']} steps={res['steps']} eta={res['eta']} samples={res['samples']}"))
+        rows.insert(3, ("valid fraction", f"{res['valid_fraction']:.4f}"))
     print(_table(rows))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     return 0
+
+
+def _eval_tdrm(a, ps, device) -> dict:
+    from .eval.tdrm import evaluate_tdrm
+    from .train.distill import load_tdrm
+
+    model, teacher, stdz, proj, schedule, ck = load_tdrm(a.checkpoint, device)
+    if ck["teacher"]["cells"] != ps.shape.cells:
+        raise ValueError(f"size mismatch: the checkpoint models {ck['teacher']['cells']}-cell boards "
+                         f"but {a.puzzles} has {ps.shape.cells}-cell puzzles")
+    d = ck["config"]["distill"]
+    return evaluate_tdrm(model, teacher, stdz, proj, schedule, ps, sampler=a.sampler or d["sampler"],
+                         steps=a.steps or d["sample_steps"], eta=d["eta"] if a.eta is None else a.eta,
+                         samples=a.samples or d["samples"], seed=ck["config"]["common"]["seed"] if a.seed is None else a.seed,
+                         batch_size=a.batch_size, device=device, progress=True)
 
 
 def cmd_solve(a) -> int:
@@ -92,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="write metrics JSON here")
     e.add_argument("--limit", type=int)
     e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--steps", type=int, help="supervision steps (default: the model's N_sup)")
+    e.add_argument("--steps", type=int, help="teacher: supervision steps (default N_sup); "
+                   "TDRM: sampling steps (default from the checkpoint)")
+    e.add_argument("--sampler", choices=["ddim", "ddpm"], help="TDRM sampler (default from the checkpoint)")
+    e.add_argument("--eta", type=float, help="TDRM DDIM eta (default from the checkpoint)")
+    e.add_argument("--samples", type=int, help="TDRM samples per puzzle, first valid one kept")
+    e.add_argument("--seed", type=int, help="TDRM sampling seed (default: the run's seed)")
     e.add_argument("--raw", action="store_true", help="use raw weights instead of EMA")
     e.add_argument("--skip-bad", action="store_true", help="skip bad rows instead of failing")
     e.add_argument("--device", default="auto")

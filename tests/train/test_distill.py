@@ -67,3 +67,34 @@ def test_distill_resume_gives_identical_weights(setup, tmp_path):
     a, b = checkpoint.load(tmp_path / "a.pt"), checkpoint.load(tmp_path / "b.pt")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_valid_boards_checks_givens_and_units_without_labels():
+    from tdrm.data.board import SHAPES, parse
+    from tdrm.eval.tdrm import valid_boards
+    sol = torch.as_tensor(parse("1234341221434321")).long()
+    puz = torch.as_tensor(parse("1...............")).long()
+    swapped = sol.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    other = torch.as_tensor(parse("2143432112343412")).long()  # valid grid, but changes the given
+    boards = torch.stack([sol, swapped, other])
+    assert valid_boards(puz.expand(3, -1), boards, SHAPES[16]).tolist() == [True, False, False]
+
+
+def test_cli_eval_accepts_tdrm_checkpoints(setup, tmp_path, capsys):
+    import json
+
+    from tdrm.cli import main
+    from tdrm.data.dataset import load_split
+    from tdrm.data.loaders import write_csv
+    p, d, teacher = setup
+    train_distill(p, d / "tr", teacher, tmp_path / "tdrm.pt", progress=False)
+    write_csv(tmp_path / "val.csv", load_split(d, "val"))
+    out = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "tdrm.pt"), "--puzzles", str(tmp_path / "val.csv"),
+                 "--steps", "4", "--samples", "2", "--sampler", "ddim", "--eta", "0.5", "--seed", "3",
+                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 30 and res["steps"] == 4 and res["samples"] == 2 and res["network_evals_per_puzzle"] == 8
+    assert len(res["per_step_exact_accuracy_first_sample"]) == teacher.cfg.n_sup
+    assert "valid fraction" in capsys.readouterr().out
