@@ -159,6 +159,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("solver", help="exact solver over a whole puzzle file")
     s.add_argument("--file", default="../shared/data/sudoku/forum_hardest_11plus.csv")
     s.add_argument("--limit", type=int)
+    s.add_argument("--workers", type=int, default=1, help="processes (per-puzzle times are per process)")
     s.add_argument("--out")
     a = vars(ap.parse_args(argv))
     return bench.run(a.pop("what"), **a)

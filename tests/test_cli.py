@@ -81,3 +81,4 @@ def test_bench_prints_tables(capsys, tmp_path):
     assert bench_main(["solver", "--file", str(FIXTURES / "hard9.csv")]) == 0
     out = capsys.readouterr().out
     assert "median_ms" in out and "| 20 " in out
+    assert bench_main(["solver", "--file", str(FIXTURES / "hard9.csv"), "--workers", "2"]) == 0
