@@ -38,6 +38,13 @@ def _write_csv(path: str | Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def _finish(tracker, metrics_path: str, metrics: dict) -> dict:
+    """Write the stage's DVC metrics file and attach it to the Sacred run."""
+    _write_json(metrics_path, metrics)
+    tracker.add_artifact(metrics_path)
+    return metrics
+
+
 def data_stage(params_path: str, out_dir: str, metrics_path: str) -> dict:
     p = config.load(params_path)
 
@@ -46,9 +53,7 @@ def data_stage(params_path: str, out_dir: str, metrics_path: str) -> dict:
         metrics = {"profile": p.profile, "board": meta["board"], "classes": meta["classes"],
                    **{f"{s}_puzzles": c["puzzles"] for s, c in meta["counts"].items()},
                    "mean_givens_test": meta["mean_givens"]["test"], "sacred_run_id": tracker.run_id}
-        _write_json(metrics_path, metrics)
-        tracker.add_artifact(metrics_path)
-        return metrics
+        return _finish(tracker, metrics_path, metrics)
 
     return _tracked("data", {"profile": p.profile, "data": asdict(p.data)}, p.common.seed, run)
 
@@ -66,9 +71,7 @@ def teacher_stage(params_path: str, data_dir: str, model_out: str, metrics_path:
         history = res.pop("history")
         _write_csv(plot_path, history)
         metrics = {"profile": p.profile, **res, "sacred_run_id": tracker.run_id}
-        _write_json(metrics_path, metrics)
-        tracker.add_artifact(metrics_path)
-        return metrics
+        return _finish(tracker, metrics_path, metrics)
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "teacher": asdict(p.teacher)}
     return _tracked("teacher", cfg, p.common.seed, run)
@@ -117,9 +120,7 @@ def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_pat
         metrics = {"profile": p.profile, "weights": "ema", "split": "test", **res,
                    "train_steps": ck["step"], "train_minutes": ck["elapsed"] / 60,
                    "sacred_run_id": tracker.run_id}
-        _write_json(metrics_path, metrics)
-        tracker.add_artifact(metrics_path)
-        return metrics
+        return _finish(tracker, metrics_path, metrics)
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "evaluate": asdict(p.evaluate)}
     return _tracked("evaluate", cfg, p.common.seed, run)
@@ -138,9 +139,7 @@ def traces_stage(params_path: str, data_dir: str, model_path: str, out_dir: str,
         metrics = {"profile": p.profile, **{k: v for k, v in res.items() if k != "splits"},
                    **{f"{s}_puzzles": v["puzzles"] for s, v in res["splits"].items()},
                    "sacred_run_id": tracker.run_id}
-        _write_json(metrics_path, metrics)
-        tracker.add_artifact(metrics_path)
-        return metrics
+        return _finish(tracker, metrics_path, metrics)
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "traces": asdict(p.traces)}
     return _tracked("traces", cfg, p.common.seed, run)

@@ -33,3 +33,20 @@ def load(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a TDRM checkpoint (format {FORMAT!r} expected)")
     return ck
+
+
+def restore(path, key: dict, device, model, ema, opt, generator) -> dict | None:
+    """Load a resume checkpoint into model, EMA, optimizer and generator if it was written for
+    the same `key` (config, seed, data); returns it (for the loop's own state) or None."""
+    if not path or not Path(path).is_file():
+        return None
+    ck = load(path, map_location=device)
+    if ck.get("resume_key") != key:
+        print(f"ignoring {path}: it belongs to another config or dataset")
+        return None
+    model.load_state_dict(ck["model"])
+    ema.load_state_dict(ck["ema"])
+    opt.load_state_dict(ck["optimizer"])
+    generator.set_state(ck["generator"])
+    print(f"resuming from {path} at step {ck['step']}")
+    return ck

@@ -84,15 +84,9 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     step, epoch, pos, history = 0, 0, 0, []
     key = {"distill": asdict(cfg), "seed": params.common.seed, "traces": reader.manifest["header"]}
     resume_path = Path(resume_path) if resume_path else None
-    if resume_path and resume_path.is_file():
-        ck = checkpoint.load(resume_path, map_location=device)
-        if ck.get("resume_key") == key:
-            model.load_state_dict(ck["model"])
-            ema.load_state_dict(ck["ema"])
-            opt.load_state_dict(ck["optimizer"])
-            gen.set_state(ck["generator"])
-            step, epoch, pos, history = ck["step"], ck["epoch"], ck["pos"], ck["history"]
-            print(f"resuming distillation from {resume_path} at step {step}")
+    ck = checkpoint.restore(resume_path, key, device, model, ema, opt, gen)
+    if ck is not None:
+        step, epoch, pos, history = ck["step"], ck["epoch"], ck["pos"], ck["history"]
     vdata = val.load_shard(0, ["y", "z", "puzzle", "solution"])
     vn = min(cfg.eval_limit, len(vdata["puzzle"]))
     v_tokens = torch.as_tensor(to_tokens(vdata["puzzle"][:vn]), device=device)

@@ -105,19 +105,11 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
     step, history, elapsed = 0, [], 0.0
     resume_path = Path(resume_path) if resume_path else None
     key = _resume_key(params, meta)
-    if resume_path and resume_path.is_file():
-        ck = checkpoint.load(resume_path, map_location=device)
-        if ck.get("resume_key") == key:
-            model.load_state_dict(ck["model"])
-            ema.load_state_dict(ck["ema"])
-            opt.load_state_dict(ck["optimizer"])
-            stream.load_state(ck["stream"])
-            gen.set_state(ck["generator"])
-            carry = Carry(**{k: v.to(device) for k, v in ck["carry"].items()})
-            step, history, elapsed = ck["step"], ck["history"], ck["elapsed"]
-            print(f"resuming teacher training from {resume_path} at step {step}")
-        else:
-            print(f"ignoring {resume_path}: it belongs to another config or dataset")
+    ck = checkpoint.restore(resume_path, key, device, model, ema, opt, gen)
+    if ck is not None:
+        stream.load_state(ck["stream"])
+        carry = Carry(**{k: v.to(device) for k, v in ck["carry"].items()})
+        step, history, elapsed = ck["step"], ck["history"], ck["elapsed"]
 
     def save(path: Path, final: bool) -> None:
         payload = {"kind": "teacher", "model": model.state_dict(), "ema": ema.state_dict(),
