@@ -32,3 +32,21 @@ def tiny_params_file(tmp_path, params_raw):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params_raw))
     return path
+
+
+def tiny_params(overrides: dict | None = None):
+    """The shipped params.yaml in its `tiny` profile, with nested overrides."""
+    from tdrm import config
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profile"] = "tiny"
+    return config.from_dict(raw, overrides=overrides)
+
+
+def tiny_teacher(tmp_dir: Path, steps: int):
+    """Build the tiny 4x4 dataset in `tmp_dir` and train a teacher there for `steps` steps."""
+    from tdrm.data.dataset import build
+    from tdrm.train.teacher import train_teacher
+    p = tiny_params({"teacher": {"steps": steps, "eval_every": 0}})
+    build(p.data, tmp_dir, progress=False)
+    train_teacher(p, tmp_dir, tmp_dir / "t.pt", progress=False)
+    return p

@@ -4,7 +4,7 @@ import pytest
 
 from tdrm.cli import main
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, tiny_teacher
 
 
 def test_solve_prints_grid_and_rating(capsys):
@@ -33,19 +33,8 @@ def test_eval_missing_checkpoint(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    import yaml
-
-    from tdrm import config
-    from tdrm.data.dataset import build
-    from tdrm.train.teacher import train_teacher
-
-    from .conftest import ROOT
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["profile"] = "tiny"
-    p = config.from_dict(raw, overrides={"teacher": {"steps": 20, "eval_every": 0}})
     d = tmp_path_factory.mktemp("cli")
-    build(p.data, d, progress=False)
-    train_teacher(p, d, d / "t.pt", progress=False)
+    tiny_teacher(d, 20)
     return d
 
 

@@ -3,29 +3,22 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from tdrm import config
 from tdrm.config import Traces
-from tdrm.data.dataset import build, load_split
+from tdrm.data.dataset import load_split
 from tdrm.pipeline import load_teacher
 from tdrm.traces.record import projection_matrix, record
 from tdrm.traces.store import TraceReader, TraceStoreError, from_numpy, to_numpy
-from tdrm.train.teacher import train_teacher
 
-from ..conftest import ROOT
+from ..conftest import tiny_teacher
 
 CFG = Traces(splits=("train", "val"), num_aug=1, limit=12, shard_size=10, batch=8)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["profile"] = "tiny"
-    p = config.from_dict(raw, overrides={"teacher": {"steps": 20, "eval_every": 0}})
     d = tmp_path_factory.mktemp("traces")
-    build(p.data, d, progress=False)
-    train_teacher(p, d, d / "t.pt", progress=False)
+    tiny_teacher(d, 20)
     model, _ = load_teacher(d / "t.pt")
     return model, d
 

@@ -1,19 +1,15 @@
 """Distillation mechanics on tiny traces (the accuracy targets are measured by the stage)."""
 import pytest
 import torch
-import yaml
 
-from tdrm import config
 from tdrm.config import Traces
-from tdrm.data.dataset import build
 from tdrm.pipeline import load_teacher
 from tdrm.tracking.base import MemoryTracker, Tracker
 from tdrm.traces.record import record
 from tdrm.train import checkpoint
 from tdrm.train.distill import generate, load_tdrm, train_distill
-from tdrm.train.teacher import train_teacher
 
-from ..conftest import ROOT
+from ..conftest import tiny_params, tiny_teacher
 
 DISTILL = {"steps": 120, "batch": 32, "eval_every": 60, "eval_limit": 10, "T": 50, "sample_steps": 5,
            "lr": 1e-3, "warmup": 10, "ckpt_every": 40, "denoiser": {"hidden": 32, "layers": 2, "heads": 2}}
@@ -21,15 +17,11 @@ DISTILL = {"steps": 120, "batch": 32, "eval_every": 60, "eval_limit": 10, "T": 5
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["profile"] = "tiny"
-    p = config.from_dict(raw, overrides={"teacher": {"steps": 60, "eval_every": 0}, "distill": DISTILL})
     d = tmp_path_factory.mktemp("distill")
-    build(p.data, d, progress=False)
-    train_teacher(p, d, d / "t.pt", progress=False)
+    tiny_teacher(d, 60)
     teacher, _ = load_teacher(d / "t.pt")
     record(teacher, d / "t.pt", d, d / "tr", Traces(limit=60, shard_size=48, num_aug=1), 0, "cpu", progress=False)
-    return p, d, teacher
+    return tiny_params({"distill": DISTILL}), d, teacher
 
 
 def test_denoising_loss_falls_and_checkpoint_samples(setup, tmp_path):
@@ -56,8 +48,7 @@ class Crash(Tracker):
 
 def test_distill_resume_gives_identical_weights(setup, tmp_path):
     p, d, teacher = setup
-    p = config.from_dict({**yaml.safe_load((ROOT / "params.yaml").read_text()), "profile": "tiny"},
-                         overrides={"distill": {**DISTILL, "eval_every": 0}})
+    p = tiny_params({"distill": {**DISTILL, "eval_every": 0}})
     train_distill(p, d / "tr", teacher, tmp_path / "a.pt", resume_path=tmp_path / "ra.pt", progress=False, log_every=20)
     with pytest.raises(KeyboardInterrupt):
         train_distill(p, d / "tr", teacher, tmp_path / "b.pt", resume_path=tmp_path / "rb.pt", tracker=Crash(),

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from tdrm import config
 from tdrm.data.dataset import build, load_split
 from tdrm.eval.teacher import evaluate
 from tdrm.models.trm import TRM
@@ -9,6 +8,8 @@ from tdrm.tracking.base import MemoryTracker, Tracker
 from tdrm.train import checkpoint
 from tdrm.train.optim import EMA, AdamATan2, warmup_constant
 from tdrm.train.teacher import train_teacher
+
+from ..conftest import tiny_params
 
 
 def test_warmup_then_constant():
@@ -40,12 +41,8 @@ def test_adam_atan2_descends():
 
 
 @pytest.fixture(scope="module")
-def tiny4(tmp_path_factory, ):
-    from tests.conftest import ROOT
-    import yaml
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["profile"] = "tiny"
-    p = config.from_dict(raw)
+def tiny4(tmp_path_factory):
+    p = tiny_params()
     d = tmp_path_factory.mktemp("tiny4")
     build(p.data, d, progress=False)
     return p, d
@@ -107,11 +104,7 @@ def test_checkpoint_errors_are_clear(tmp_path):
 
 def test_tiny_trm_learns_4x4(tmp_path):
     """A tiny TRM really learns: >= 90% exact on held-out 4x4 puzzles (different classes)."""
-    from tests.conftest import ROOT
-    import yaml
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["profile"] = "tiny"
-    p = config.from_dict(raw, overrides={"teacher": LEARN})
+    p = tiny_params({"teacher": LEARN})
     build(p.data, tmp_path, progress=False)
     tracker = MemoryTracker()
     res = train_teacher(p, tmp_path, tmp_path / "t.pt", tracker=tracker, progress=False)
