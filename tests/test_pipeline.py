@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tdrm.pipeline import data_stage, evaluate_stage, teacher_stage
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tdrm.config import Model
-from tdrm.models.layers import Block, SwiGLU, rms_norm, swiglu_width, trunc_normal_
+from tdrm.models.layers import Block, rms_norm, swiglu_width, trunc_normal_
 from tdrm.models.losses import stablemax_cross_entropy, stablemax_log_probs, trm_loss
 from tdrm.models.trm import TRM
 from tdrm.train.teacher import halting

@@ -3,7 +3,6 @@ import torch
 
 from tdrm.data.dataset import build, load_split
 from tdrm.eval.teacher import evaluate
-from tdrm.models.trm import TRM
 from tdrm.tracking.base import MemoryTracker, Tracker
 from tdrm.train import checkpoint
 from tdrm.train.optim import EMA, AdamATan2, warmup_constant
