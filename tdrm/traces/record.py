@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Traces
-from ..data.augment import apply_transform, random_transform
+from ..data.augment import augment
 from ..data.board import to_tokens
 from ..data.dataset import load_split
 from .store import MANIFEST, ShardWriter, sha256_file, to_numpy
@@ -60,8 +60,7 @@ def _boards(ps, items, split_id: int, seed: int):
         if a == 0:
             p[j], s[j] = ps.puzzles[i], ps.solutions[i]
         else:
-            t = random_transform(ps.shape, np.random.default_rng([seed, split_id, i, a]))
-            p[j], s[j] = apply_transform(ps.puzzles[i], ps.shape, t), apply_transform(ps.solutions[i], ps.shape, t)
+            p[j], s[j] = augment(ps.puzzles[i], ps.solutions[i], ps.shape, np.random.default_rng([seed, split_id, i, a]))
     return p, s
 
 
