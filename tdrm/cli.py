@@ -33,6 +33,7 @@ def cmd_eval(a) -> int:
         model, ck = load_teacher(a.checkpoint, device, ema=not a.raw)
         check_size(ck, ps.shape.cells, str(a.puzzles))
         res = evaluate(model, ps, a.batch_size, device, steps=a.steps, progress=True)
+    res.pop("correct", None)
     res.update(checkpoint=str(a.checkpoint), puzzles=str(a.puzzles), weights="raw" if a.raw else "ema")
     lo, hi = res["ci95"]
     rows = [("puzzles", f"{a.puzzles} (n={res['n']})"),

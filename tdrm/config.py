@@ -92,6 +92,9 @@ class Teacher:
 class Evaluate:
     batch_size: int = 256
     limit: int | None = None
+    tdrm_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # accuracy against DDIM sampling steps
+    best_of: int = 4  # samples per puzzle for best-of-N with the validity check (1 = off)
+    best_of_eta: float = 1.0  # DDIM eta of those samples (> 0: they differ)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class Denoiser:
     heads: int = 4
     expansion: float = 4.0
     attention: str = "factorised"  # full | factorised (over steps, then over cells)
+    cell_mixer: str = "attention"  # attention | mlp: how factorised blocks mix cells (mlp: MLP-t, as TRM)
     self_cond: bool = False
     init_seed: int = 0
 
@@ -129,11 +133,14 @@ class Distill:
     state: str = "y"  # y | yz: which teacher states the diffusion models
     schedule: str = "cosine"  # cosine | sqrt
     T: int = 200
+    shift: float = 1.0  # divide the schedule's SNR by shift^2 (log-SNR shift)
+    final_only: bool = False  # the control: model only the last state (K = 1)
     self_cond_prob: float = 0.5  # with denoiser.self_cond: how often to feed a first estimate
     steps: int = 2000
     batch: int = 64
     lr: float = 3e-4
     warmup: int = 100
+    lr_schedule: str = "constant"  # constant | cosine (decay to 10% of lr at the last step)
     weight_decay: float = 0.0
     ema: float = 0.999
     loss_weighting: str = "uniform"  # uniform | min_snr (Hang et al. 2023, gamma 5)

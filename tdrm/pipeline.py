@@ -101,7 +101,10 @@ def check_size(ck: dict, cells: int, what: str) -> None:
 
 
 def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_path: str,
-                   plot_path: str) -> dict:
+                   plot_path: str, tdrm_path: str | None = None, control_path: str | None = None,
+                   tdrm_metrics_path: str | None = None, plots_dir: str = "plots") -> dict:
+    """The teacher on the test split; with `tdrm_path`, also TDRM against it on the same puzzles
+    (metrics/tdrm.json, accuracy-against-steps and per-step CSV + PNG in `plots_dir`)."""
     p = config.load(params_path)
     set_threads(p.common.threads)
     device = resolve_device(p.common.device)
@@ -120,10 +123,63 @@ def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_pat
         metrics = {"profile": p.profile, "weights": "ema", "split": "test", **res,
                    "train_steps": ck["step"], "train_minutes": ck["elapsed"] / 60,
                    "sacred_run_id": tracker.run_id}
-        return _finish(tracker, metrics_path, metrics)
+        _finish(tracker, metrics_path, metrics)
+        if tdrm_path:
+            _compare_tdrm(p, model, test, tdrm_path, control_path, tdrm_metrics_path, plots_dir, tracker, device)
+        return metrics
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "evaluate": asdict(p.evaluate)}
     return _tracked("evaluate", cfg, p.common.seed, run)
+
+
+def _compare_tdrm(p, teacher, test, tdrm_path, control_path, metrics_path, plots_dir, tracker, device) -> dict:
+    from .eval.compare import compare
+    from .eval.plots import accuracy_by_steps_png, per_step_png
+    from .train.checkpoint import CheckpointError
+    from .train.distill import load_tdrm
+
+    ck = load_tdrm(tdrm_path, device)[-1]
+    if ck["teacher"]["model"].keys() != teacher.state_dict().keys() or any(
+            not (v.cpu() == teacher.state_dict()[k].cpu()).all() for k, v in ck["teacher"]["model"].items()):
+        raise CheckpointError(f"{tdrm_path} was distilled from another teacher than the one evaluated")
+    metrics, steps_rows, per_step_rows = compare(teacher, tdrm_path, test, p.evaluate, p.common.seed, device,
+                                                 control_path=control_path)
+    plots = Path(plots_dir)
+    _write_csv(plots / "tdrm_steps.csv", steps_rows)
+    _write_csv(plots / "tdrm_per_step.csv", per_step_rows)
+    title = f"{p.profile} profile, test n={metrics['n']}"
+    accuracy_by_steps_png(steps_rows, plots / "tdrm_steps.png", title)
+    per_step_png(per_step_rows, plots / "tdrm_per_step.png", title)
+    for r in steps_rows:
+        tracker.log_scalar("test.tdrm_exact_by_sampling_steps", r["exact_accuracy"], r["sampling_steps"])
+    metrics = {"profile": p.profile, "split": "test", **metrics, "sacred_run_id": tracker.run_id}
+    return _finish(tracker, metrics_path, metrics)
+
+
+def distill_stage(params_path: str, traces_dir: str, teacher_path: str, model_out: str, metrics_path: str,
+                  plot_path: str, final_only: bool = False, resume_dir: str = "checkpoints") -> dict:
+    """Train the trajectory denoiser on the traces; `final_only` trains the K = 1 control."""
+    import dataclasses
+
+    from .train.distill import train_distill
+
+    p = config.load(params_path)
+    if final_only:
+        p = dataclasses.replace(p, distill=dataclasses.replace(p.distill, final_only=True))
+    set_threads(p.common.threads)
+    device = resolve_device(p.common.device)
+    name = "distill_control" if final_only else "distill"
+
+    def run(tracker):
+        teacher, _ = load_teacher(teacher_path, device)
+        res = train_distill(p, traces_dir, teacher, model_out, resume_path=Path(resume_dir) / f"{name}-resume.pt",
+                            tracker=tracker)
+        _write_csv(plot_path, res.pop("history"))
+        metrics = {"profile": p.profile, **res, "sacred_run_id": tracker.run_id}
+        return _finish(tracker, metrics_path, metrics)
+
+    cfg = {"profile": p.profile, "common": asdict(p.common), "distill": asdict(p.distill)}
+    return _tracked(name, cfg, p.common.seed, run)
 
 
 def traces_stage(params_path: str, data_dir: str, model_path: str, out_dir: str, metrics_path: str) -> dict:

@@ -69,6 +69,9 @@ def test_repro_push_pull_roundtrip(tmp_path, s3):
     _dvc(proj, "repro")
     assert (proj / "dvc.lock").exists() and (proj / "metrics" / "teacher.json").exists()
     ckpt = (proj / "models" / "teacher.pt").read_bytes()
+    tdrm_ckpt = (proj / "models" / "tdrm.pt").read_bytes()
+    compared = json.loads((proj / "metrics" / "tdrm.json").read_text())
+    assert compared["n"] == 100 and 0.0 <= compared["tdrm"]["exact_accuracy"] <= 1.0
     manifest = (proj / "traces" / "manifest.json").read_bytes()
     out = _dvc(proj, "metrics", "show")
     assert "exact_accuracy" in out
@@ -79,6 +82,7 @@ def test_repro_push_pull_roundtrip(tmp_path, s3):
     shutil.rmtree(proj / "traces")
     _dvc(proj, "pull")
     assert (proj / "models" / "teacher.pt").read_bytes() == ckpt
+    assert (proj / "models" / "tdrm.pt").read_bytes() == tdrm_ckpt
     assert (proj / "traces" / "manifest.json").read_bytes() == manifest
     assert (proj / "data" / "sudoku" / "meta.json").exists()
     # the traces dataset comes back intact: its manifest and every shard checksum verify

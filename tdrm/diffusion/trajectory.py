@@ -55,15 +55,18 @@ def fit_standardizer(reader: TraceReader, state: str, eps: float = 1e-5) -> Stan
     return Standardizer(mean.float(), std.float())
 
 
-def decode_logits(teacher, x_std: torch.Tensor, stdz: Standardizer, projection: torch.Tensor | None) -> torch.Tensor:
-    """Standardised states (B, L, C) of one step -> answer logits (B, L, V) via the frozen lm_head.
+def teacher_y(x_std: torch.Tensor, stdz: Standardizer, projection: torch.Tensor | None, hidden: int) -> torch.Tensor:
+    """Standardised states (..., C) -> the teacher's y (..., D).
 
     The first channels are y (after an optional projection with rows [mean; basis^T], undone
     here by y = mean + x basis^T, exact for a square orthogonal basis)."""
     x = stdz.inverse(x_std)
     if projection is None:
-        y = x[..., :teacher.cfg.hidden]
-    else:
-        mean, basis_t = projection[0], projection[1:]  # (D,), (C, D)
-        y = x[..., :basis_t.shape[0]] @ basis_t.to(x.device) + mean.to(x.device)
-    return teacher.lm_head(y)
+        return x[..., :hidden]
+    mean, basis_t = projection[0], projection[1:]  # (D,), (C, D)
+    return x[..., :basis_t.shape[0]] @ basis_t.to(x.device) + mean.to(x.device)
+
+
+def decode_logits(teacher, x_std: torch.Tensor, stdz: Standardizer, projection: torch.Tensor | None) -> torch.Tensor:
+    """Standardised states (B, L, C) of one step -> answer logits (B, L, V) via the frozen lm_head."""
+    return teacher.lm_head(teacher_y(x_std, stdz, projection, teacher.cfg.hidden))

@@ -25,3 +25,18 @@ def rating_bucket(r: int) -> str:
         if r <= hi:
             return f"{lo}-{hi}"
     return "256+"
+
+
+def mcnemar_exact(a: list[bool], b: list[bool]) -> dict:
+    """Paired comparison of two solvers on the same puzzles: exact two-sided McNemar test.
+
+    Under H0 the discordant pairs split evenly, so the count where only `a` is right is
+    Binomial(n01 + n10, 1/2); p = min(1, 2 * P[X <= min(n01, n10)])."""
+    if len(a) != len(b):
+        raise ValueError(f"paired test needs equal lengths, got {len(a)} and {len(b)}")
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    n = only_a + only_b
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n if n else 1.0
+    return {"only_first": only_a, "only_second": only_b, "p_value": min(1.0, 2 * tail)}

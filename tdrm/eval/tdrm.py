@@ -1,15 +1,17 @@
-"""Evaluate a TDRM checkpoint: sample trajectories, decode answers, label-free pick among samples."""
+"""Evaluate a TDRM checkpoint: sample trajectories, decode answers, label-free pick among samples,
+and compare with the teacher on the same puzzles (METHOD.md section 3, "as expressive as TRM")."""
 from __future__ import annotations
 
 import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from ..data.board import Shape, to_tokens, units
 from ..data.loaders import PuzzleSet
-from ..diffusion.trajectory import decode_logits
+from ..diffusion.trajectory import decode_logits, teacher_y
 from ..train.distill import generate
 from .metrics import wilson
 
@@ -26,25 +28,38 @@ def valid_boards(puzzles: torch.Tensor, boards: torch.Tensor, shape: Shape) -> t
     return in_range & kept & (counts == 1).all(-1).all(-1)
 
 
+def cosine_per_step(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over puzzles and cells of the cosine similarity of states a, b (B, K, L, D) -> (K,)."""
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean((0, 2))
+
+
 @torch.no_grad()
 def evaluate_tdrm(model, teacher, stdz, projection, schedule, ps: PuzzleSet, *, sampler: str, steps: int,
                   eta: float, samples: int, seed: int, batch_size: int = 64, device="cpu",
-                  progress: bool = False) -> dict:
+                  progress: bool = False, reference: torch.Tensor | None = None) -> dict:
+    """Exact accuracy of the decoded final state; with `samples` > 1, the first sample whose board
+    passes the label-free validity check is kept. `reference`: the teacher's y states
+    (M, K, L, D) on the same puzzles, for the cosine similarity of the first sample per step.
+    The result's `correct` is the per-puzzle (M,) bool array (drop it before writing JSON)."""
     gen = torch.Generator().manual_seed(seed)
-    exact, per_step, picked_valid = [], [], []
+    exact, per_step, picked_valid, cos = [], [], [], []
     t0 = time.perf_counter()
     for i in tqdm(range(0, len(ps), batch_size), desc="eval tdrm", disable=not progress, mininterval=2, leave=False):
         p = torch.as_tensor(ps.puzzles[i:i + batch_size], device=device).long()
         s = torch.as_tensor(ps.solutions[i:i + batch_size], device=device).long()
         tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
         best, best_ok, steps_right = None, None, None
-        for _ in range(samples):
+        for j in range(samples):
             x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=gen)  # (B, K, L, C)
             boards = torch.stack([decode_logits(teacher, x[:, k], stdz, projection).argmax(-1) - 1
                                   for k in range(x.shape[1])], dim=1)  # (B, K, L) digits
             ok = valid_boards(p, boards[:, -1], ps.shape)
             if best is None:
                 best, best_ok, steps_right = boards[:, -1].clone(), ok.clone(), (boards == s[:, None]).all(-1)
+                if reference is not None:
+                    y = teacher_y(x, stdz, projection, teacher.cfg.hidden)  # (B, K, L, D)
+                    ref = reference[i:i + batch_size, -y.shape[1]:].to(y.device)
+                    cos.append(cosine_per_step(y, ref).cpu().numpy() * len(y))
             else:
                 take = ok & ~best_ok  # keep the first valid sample
                 best[take] = boards[take, -1]
@@ -55,9 +70,37 @@ def evaluate_tdrm(model, teacher, stdz, projection, schedule, ps: PuzzleSet, *, 
     exact = np.concatenate(exact)
     n = int(len(exact))
     seconds = time.perf_counter() - t0
-    return {"n": n, "exact_accuracy": float(exact.mean()), "ci95": list(wilson(int(exact.sum()), n)),
-            "valid_fraction": float(np.concatenate(picked_valid).mean()),
-            "per_step_exact_accuracy_first_sample": [float(v) for v in np.concatenate(per_step).mean(0)],
-            "sampler": sampler, "steps": steps, "eta": eta, "samples": samples, "seed": seed,
-            "network_evals_per_puzzle": steps * samples, "seconds": seconds,
-            "puzzles_per_second": n / max(seconds, 1e-9)}
+    res = {"n": n, "exact_accuracy": float(exact.mean()), "ci95": list(wilson(int(exact.sum()), n)),
+           "valid_fraction": float(np.concatenate(picked_valid).mean()),
+           "per_step_exact_accuracy_first_sample": [float(v) for v in np.concatenate(per_step).mean(0)],
+           "sampler": sampler, "steps": steps, "eta": eta, "samples": samples, "seed": seed,
+           "network_evals_per_puzzle": steps * samples, "seconds": seconds,
+           "puzzles_per_second": n / max(seconds, 1e-9), "correct": exact}
+    if cos:
+        res["per_step_cosine_to_teacher"] = [float(v) for v in np.sum(cos, 0) / n]
+    return res
+
+
+def flops(fn, *args) -> int:
+    """Floating-point operations of one call, counted by torch's FLOP counter (matmuls and
+    attention; elementwise work is not counted)."""
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def inference_cost(teacher, model, tokens: torch.Tensor, steps: int) -> dict:
+    """Per-puzzle network evaluations and FLOPs: the teacher's full N_sup inference against
+    `steps` denoiser calls (plus the final lm_head decode) for puzzles `tokens` (B, L)."""
+    b = tokens.shape[0]
+    c = teacher.cfg
+    t_flops = flops(lambda: teacher.trace(tokens, keep_states=False)) / b
+    x = torch.zeros((b, model.K, model.L, model.C), device=tokens.device)
+    t = torch.ones(b, dtype=torch.long, device=tokens.device)
+    d_flops = flops(lambda: model(x, t, tokens, x if model.cfg.self_cond else None)) / b
+    head = flops(lambda: teacher.lm_head(torch.zeros((b, model.L, c.hidden), device=tokens.device))) / b
+    return {"teacher_network_evals": c.n_sup * c.T * (c.n + 1), "teacher_flops": t_flops,
+            "denoiser_flops_per_call": d_flops, "tdrm_network_evals": steps, "tdrm_flops": steps * d_flops + head,
+            "teacher_params": sum(p.numel() for p in teacher.parameters()),
+            "tdrm_params": sum(p.numel() for p in model.parameters())}

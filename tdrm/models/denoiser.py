@@ -50,12 +50,13 @@ class SelfAttention(nn.Module):
 
 
 class DenoiserBlock(nn.Module):
-    """adaLN-Zero block; `axis` is `all`, `steps` or `cells`."""
+    """adaLN-Zero block; `axis` is `all`, `steps`, `cells` (attention) or `cells_mlp`: an MLP
+    along the cell axis (MLP-Mixer / TRM's mlp_t token mixing, fixed cell-to-cell weights)."""
 
-    def __init__(self, dim: int, heads: int, expansion: float, axis: str, g=None):
+    def __init__(self, dim: int, heads: int, expansion: float, axis: str, cells: int, g=None):
         super().__init__()
         self.axis = axis
-        self.attn = SelfAttention(dim, heads, g)
+        self.attn = SwiGLU(cells, expansion, 8, g) if axis == "cells_mlp" else SelfAttention(dim, heads, g)
         self.mlp = SwiGLU(dim, expansion, 8, g)
         self.ada = nn.Linear(dim, 6 * dim)
         nn.init.zeros_(self.ada.weight)
@@ -68,6 +69,8 @@ class DenoiserBlock(nn.Module):
         x = modulate(F.layer_norm(h.reshape(b, k1 * l, d), (d,)), s1, c1).reshape(b, k1, l, d)
         if self.axis == "all":
             a = self.attn(x.reshape(b, k1 * l, d)).reshape(b, k1, l, d)
+        elif self.axis == "cells_mlp":
+            a = rearrange(self.attn(rearrange(x, "b k l d -> b k d l")), "b k d l -> b k l d")
         elif self.axis == "steps":
             a = rearrange(self.attn(rearrange(x, "b k l d -> (b l) k d")), "(b l) k d -> b k l d", b=b)
         else:
@@ -82,6 +85,8 @@ class Denoiser(nn.Module):
         super().__init__()
         if cfg.attention not in ("full", "factorised"):
             raise ValueError(f"denoiser attention must be 'full' or 'factorised', got {cfg.attention!r}")
+        if cfg.cell_mixer not in ("attention", "mlp"):
+            raise ValueError(f"denoiser cell_mixer must be 'attention' or 'mlp', got {cfg.cell_mixer!r}")
         self.cfg, self.K, self.L, self.C = cfg, steps, cells, channels
         g = torch.Generator().manual_seed(cfg.init_seed)
         d = cfg.hidden
@@ -90,9 +95,10 @@ class Denoiser(nn.Module):
         self.step_pos = nn.Parameter(trunc_normal_(torch.empty(steps + 1, d), 0.02, g))
         self.cell_pos = nn.Parameter(trunc_normal_(torch.empty(cells, d), 0.02, g))
         self.time = nn.Sequential(Linear(d, d, g, bias=True), nn.SiLU(), Linear(d, d, g, bias=True))
+        cell_axis = "cells_mlp" if cfg.cell_mixer == "mlp" else "cells"
         axes = ["all"] * cfg.layers if cfg.attention == "full" else \
-            [("steps", "cells")[i % 2] for i in range(cfg.layers)]
-        self.blocks = nn.ModuleList(DenoiserBlock(d, cfg.heads, cfg.expansion, a, g) for a in axes)
+            [("steps", cell_axis)[i % 2] for i in range(cfg.layers)]
+        self.blocks = nn.ModuleList(DenoiserBlock(d, cfg.heads, cfg.expansion, a, cells, g) for a in axes)
         self.final_ada = nn.Linear(d, 2 * d)
         self.out = nn.Linear(d, channels)
         for m in (self.final_ada, self.out):
@@ -108,8 +114,8 @@ class Denoiser(nn.Module):
         if self.cfg.self_cond:
             x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], dim=-1)
         h = self.inp(x_t)  # (B, K, L, D)
-        cond = F.embedding(puzzle, self.puzzle)[:, None]  # (B, 1, L, D): the clean puzzle row
-        h = torch.cat([cond, h], dim=1) + self.step_pos[None, :, None] + self.cell_pos[None, None]
+        cond = F.embedding(puzzle, self.puzzle)[:, None]  # (B, 1, L, D): the clean puzzle row, also added to every step
+        h = torch.cat([cond, h + cond], dim=1) + self.step_pos[None, :, None] + self.cell_pos[None, None]
         temb = self.time(timestep_embedding(t, self.cfg.hidden))  # (B, D)
         for blk in self.blocks:
             h = blk(h, temb)

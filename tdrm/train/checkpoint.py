@@ -45,7 +45,7 @@ def restore(path, key: dict, device, model, ema, opt, generator) -> dict | None:
         print(f"ignoring {path}: it belongs to another config or dataset")
         return None
     model.load_state_dict(ck["model"])
-    ema.load_state_dict(ck["ema"])
+    ema.load_state_dict(ck["ema"], ck["step"])
     opt.load_state_dict(ck["optimizer"])
     generator.set_state(ck["generator"])
     print(f"resuming from {path} at step {ck['step']}")

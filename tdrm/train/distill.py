@@ -26,7 +26,7 @@ from ..models.denoiser import Denoiser
 from ..tracking.base import Tracker
 from ..traces.store import TraceReader
 from . import checkpoint
-from .optim import EMA, warmup_constant
+from .optim import EMA, warmup_constant, warmup_cosine
 
 SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm}
 
@@ -71,15 +71,19 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     proj_path = traces_dir / "projection.npy"
     projection = torch.from_numpy(np.load(proj_path)) if proj_path.is_file() else None
     stdz = fit_standardizer(reader, cfg.state)
-    first = reader.load_shard(0, ["y", "z"])
-    k, l, c = state_tensor(first, cfg.state, dtype).shape[1:]
+
+    def trajectory(shard: dict) -> torch.Tensor:  # (B, K, L, C) raw states; K = 1 for the control
+        x = state_tensor(shard, cfg.state, dtype)
+        return x[:, -1:] if cfg.final_only else x
+
+    k, l, c = trajectory(reader.load_shard(0, ["y", "z"])).shape[1:]
     model = Denoiser(cfg.denoiser, k, l, c, teacher.vocab).to(device)
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    schedule = make_schedule(cfg.schedule, cfg.T)
+    schedule = make_schedule(cfg.schedule, cfg.T, cfg.shift)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = EMA(model, cfg.ema)
+    ema = EMA(model, cfg.ema, warmup=True)
     gen = torch.Generator().manual_seed(params.common.seed)
     step, epoch, pos, history = 0, 0, 0, []
     key = {"distill": asdict(cfg), "seed": params.common.seed, "traces": reader.manifest["header"]}
@@ -92,11 +96,12 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     v_tokens = torch.as_tensor(to_tokens(vdata["puzzle"][:vn]), device=device)
     v_sol = torch.as_tensor(to_tokens(vdata["solution"][:vn]), device=device)
 
-    def evaluate_ema() -> float:
+    def evaluate_ema() -> tuple[float, float]:
+        """(exact, cell) accuracy of the EMA model's samples on the first validation puzzles."""
         x = generate(ema.model, v_tokens, schedule, sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta,
                      generator=torch.Generator().manual_seed(params.common.seed + 1))
-        pred = decode_logits(teacher, x[:, -1], stdz, projection).argmax(-1)
-        return float((pred == v_sol).all(-1).float().mean())
+        right = decode_logits(teacher, x[:, -1], stdz, projection).argmax(-1) == v_sol
+        return float(right.all(-1).float().mean()), float(right.float().mean())
 
     def save(path: Path, final: bool) -> None:
         payload = {"kind": "tdrm", "model": model.state_dict(), "ema": ema.state_dict(), "step": step,
@@ -109,6 +114,14 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             payload.update(optimizer=opt.state_dict(), generator=gen.get_state(), epoch=epoch, pos=pos,
                            resume_key=key)
         checkpoint.save(path, payload)
+
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"distill.lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
+
+    def lr_at(i: int) -> float:
+        if cfg.lr_schedule == "cosine":
+            return warmup_cosine(i, cfg.lr, cfg.warmup, cfg.steps)
+        return warmup_constant(i, cfg.lr, cfg.warmup)
 
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress, mininterval=2)
@@ -124,7 +137,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             it, epoch, pos = None, epoch + 1, 0
             continue
         pos += 1
-        x0 = stdz.forward(state_tensor(batch, cfg.state, dtype)).to(device)  # (B, K, L, C)
+        x0 = stdz.forward(trajectory(batch)).to(device)  # (B, K, L, C)
         puzzle = torch.as_tensor(to_tokens(batch["puzzle"]), device=device)  # (B, L)
         if cfg.ce_target == "solution":
             target = torch.as_tensor(to_tokens(batch["solution"]), device=device)
@@ -143,7 +156,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         ce = answer_ce(decode_logits(teacher, x0_hat[:, -1], stdz, projection), target)
         loss = mse + cfg.ce_weight * ce
         for g in opt.param_groups:
-            g["lr"] = warmup_constant(step, cfg.lr, cfg.warmup)
+            g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -156,7 +169,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
                    "ce": float(np.mean([w[1] for w in window])), "minutes": (time.perf_counter() - t0) / 60}
             window = []
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                row["val_exact_ema"] = evaluate_ema()
+                row["val_exact_ema"], row["val_cell_ema"] = evaluate_ema()
                 model.train()
             for name, v in row.items():
                 if name != "step":
@@ -194,4 +207,4 @@ def load_tdrm(path: str | Path, device="cpu"):
     model.load_state_dict(ck["ema"])
     model.eval()
     stdz = Standardizer(ck["stats"]["mean"], ck["stats"]["std"])
-    return model, teacher, stdz, ck["projection"], make_schedule(dcfg.schedule, dcfg.T), ck
+    return model, teacher, stdz, ck["projection"], make_schedule(dcfg.schedule, dcfg.T, dcfg.shift), ck

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -12,6 +13,14 @@ def warmup_constant(step: int, base_lr: float, warmup: int) -> float:
     if warmup <= 0:
         return base_lr
     return base_lr * min(1.0, (step + 1) / warmup)
+
+
+def warmup_cosine(step: int, base_lr: float, warmup: int, total: int, final: float = 0.1) -> float:
+    """Linear warmup, then cosine decay from base_lr to final * base_lr at step `total`."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 class AdamATan2(torch.optim.Optimizer):
@@ -52,27 +61,33 @@ def make_optimizer(name: str, params, lr: float, betas, weight_decay: float):
 
 
 class EMA:
-    """Exponential moving average of a model's parameters: shadow = d * shadow + (1 - d) * param."""
+    """Exponential moving average of a model's parameters: shadow = d * shadow + (1 - d) * param.
 
-    def __init__(self, model: nn.Module, decay: float):
+    With `warmup`, the decay at update u is min(d, (1 + u) / (10 + u)), so the average forgets
+    the initial weights within the first few hundred updates (the TF / timm convention)."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        self.updates += 1
         for s, p in zip(self.model.parameters(), model.parameters()):
-            s.lerp_(p.detach(), 1 - self.decay)
+            s.lerp_(p.detach(), 1 - d)
         for s, b in zip(self.model.buffers(), model.buffers()):
             s.copy_(b)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()
 
-    def load_state_dict(self, sd: dict) -> None:
+    def load_state_dict(self, sd: dict, updates: int = 0) -> None:
         self.model.load_state_dict(sd)
+        self.updates = updates
 
 

@@ -21,6 +21,17 @@ def test_schedules_are_monotone_and_valid(name):
         make_schedule("linearish", 10)
 
 
+@pytest.mark.parametrize("name", ["sqrt", "cosine"])
+def test_schedule_shift_divides_snr(name):
+    plain, shifted = make_schedule(name, 40), make_schedule(name, 40, shift=8.0)
+    snr = lambda ab: ab[1:-1] / (1 - ab[1:-1])  # noqa: E731 (interior: the ends are clamped)
+    assert torch.allclose(snr(shifted.alpha_bar), snr(plain.alpha_bar) / 64, rtol=1e-6)
+    assert shifted.alpha_bar[0] == 1 and (shifted.alpha_bar[1:] <= shifted.alpha_bar[:-1]).all()
+    assert torch.equal(make_schedule(name, 40, shift=1.0).alpha_bar, plain.alpha_bar)
+    with pytest.raises(ValueError, match="shift"):
+        make_schedule(name, 10, shift=0.0)
+
+
 def test_sqrt_schedule_formula():
     assert math.isclose(alpha_bar_sqrt(torch.tensor(0.25)).item(), 1 - math.sqrt(0.25 + 1e-4), rel_tol=1e-6)
 
@@ -123,6 +134,26 @@ def test_factorised_step_block_mixes_steps_not_cells():
     d = (m(x2, t, puzzle) - m(x, t, puzzle)).abs().sum(-1)[0]  # (K, L)
     assert d[1, 5] > 0 and d[2, 5] > 0  # other steps of the same cell see it
     assert d[1, 6] == 0 and d[2, 4] == 0  # other cells do not (one step-axis block)
+
+
+def test_cell_mlp_mixer_mixes_cells_within_a_step_only():
+    cfg = DenoiserConfig(hidden=16, layers=2, heads=2, attention="factorised", cell_mixer="mlp")
+    m = Denoiser(cfg, steps=3, cells=16, channels=4, vocab=6)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.1)
+        m.blocks[0].ada.weight.zero_()  # block 0 (steps axis) gated shut: only the cell MLP acts
+        m.blocks[0].ada.bias.zero_()
+    x = torch.randn(1, 3, 16, 4)
+    puzzle, t = torch.randint(0, 6, (1, 16)), torch.tensor([3])
+    x2 = x.clone()
+    x2[0, 1, 5] += 1.0
+    d = (m(x2, t, puzzle) - m(x, t, puzzle)).abs().sum(-1)[0]  # (K, L)
+    assert d[1, 0] > 0 and d[1, 15] > 0  # every cell of the same step sees it
+    assert d[0].sum() == 0 and d[2].sum() == 0  # other steps do not
+    with pytest.raises(ValueError, match="cell_mixer"):
+        Denoiser(DenoiserConfig(hidden=16, layers=2, heads=2, cell_mixer="conv"), 3, 16, 4, 6)
 
 
 def test_denoiser_init_is_seeded_not_global_rng():

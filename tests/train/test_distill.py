@@ -12,7 +12,8 @@ from tdrm.train.distill import generate, load_tdrm, train_distill
 from ..conftest import tiny_params, tiny_teacher
 
 DISTILL = {"steps": 120, "batch": 32, "eval_every": 60, "eval_limit": 10, "T": 50, "sample_steps": 5,
-           "lr": 1e-3, "warmup": 10, "ckpt_every": 40, "denoiser": {"hidden": 32, "layers": 2, "heads": 2}}
+           "lr": 1e-3, "warmup": 10, "ckpt_every": 40, "shift": 1.0, "ce_weight": 0.1,
+           "denoiser": {"hidden": 32, "layers": 2, "heads": 2}}
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,14 @@ def test_warmup_then_constant():
     assert warmup_constant(9, 1.0, 10) == 1.0 and warmup_constant(500, 1.0, 10) == 1.0
 
 
+def test_warmup_cosine_schedule():
+    from tdrm.train.optim import warmup_cosine
+    assert warmup_cosine(0, 1.0, 10, 110) == pytest.approx(0.1)
+    assert warmup_cosine(10, 1.0, 10, 110) == pytest.approx(1.0)
+    assert warmup_cosine(60, 1.0, 10, 110) == pytest.approx(0.55)  # halfway: (1 + 0.1) / 2
+    assert warmup_cosine(110, 1.0, 10, 110) == pytest.approx(0.1) == warmup_cosine(500, 1.0, 10, 110)
+
+
 def test_ema_update_rule():
     m = torch.nn.Linear(2, 1)
     ema = EMA(m, 0.9)
@@ -27,6 +35,21 @@ def test_ema_update_rule():
     assert not ema.model.weight.requires_grad
     with pytest.raises(ValueError):
         EMA(m, 1.0)
+
+
+def test_ema_warmup_decay_schedule():
+    m = torch.nn.Linear(2, 1)
+    ema = EMA(m, 0.999, warmup=True)
+    for u, d in enumerate([1 / 10, 2 / 11, 3 / 12]):  # min(0.999, (1 + u) / (10 + u))
+        before = ema.model.weight.clone()
+        with torch.no_grad():
+            m.weight.add_(1.0)
+        ema.update(m)
+        assert torch.allclose(ema.model.weight, d * before + (1 - d) * m.weight), u
+    ema.load_state_dict(ema.state_dict(), updates=10_000)
+    before = ema.model.weight.clone()
+    ema.update(m)
+    assert torch.allclose(ema.model.weight, 0.999 * before + 0.001 * m.weight)
 
 
 def test_adam_atan2_descends():

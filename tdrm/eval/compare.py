@@ -1,0 +1,98 @@
+"""Teacher against TDRM on the same test puzzles: accuracy with CIs, paired test, cost, sweeps."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..config import Evaluate
+from ..data.board import to_tokens
+from ..data.loaders import PuzzleSet
+from ..train.distill import load_tdrm
+from .metrics import mcnemar_exact, wilson
+from .tdrm import evaluate_tdrm, inference_cost
+from .teacher import score
+
+
+@torch.no_grad()
+def teacher_run(teacher, ps: PuzzleSet, batch_size: int, device, steps: int) -> tuple[dict, torch.Tensor]:
+    """Teacher metrics over `steps` supervision steps and its y states at the cells (M, K, L, D)."""
+    t0 = time.perf_counter()
+    preds, ys = [], []
+    pre = teacher.cfg.prefix
+    for i in range(0, len(ps), batch_size):
+        tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
+        tr = teacher.trace(tokens, steps)
+        preds.append((tr.logits.argmax(-1) - 1).clamp_min(0).to(torch.int8).cpu().numpy())  # (K, B, L)
+        ys.append(tr.y[:, :, pre:].transpose(0, 1).cpu())  # (B, K, L, D)
+    res = score(np.concatenate(preds, axis=1), ps)
+    res["seconds"] = time.perf_counter() - t0
+    res["correct"] = (np.concatenate(preds, axis=1)[-1] == ps.solutions).all(-1)
+    return res, torch.cat(ys)
+
+
+def _strip(res: dict) -> dict:
+    return {k: v for k, v in res.items() if k != "correct"}
+
+
+def _summary(res: dict) -> dict:
+    return {"exact_accuracy": res["exact_accuracy"], "ci95": res["ci95"], "n": res["n"]}
+
+
+def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, device, *,
+            control_path=None, progress: bool = True) -> tuple[dict, list[dict], list[dict]]:
+    """Returns (metrics, accuracy-against-sampling-steps rows, per-supervision-step rows)."""
+    model, tdrm_teacher, stdz, proj, schedule, ck = load_tdrm(tdrm_path, device)
+    d = ck["config"]["distill"]
+    k = model.K
+    t_res, t_y = teacher_run(tdrm_teacher, test, cfg.batch_size, device, k)
+    common = dict(batch_size=cfg.batch_size, device=device, seed=seed)
+    main = evaluate_tdrm(model, tdrm_teacher, stdz, proj, schedule, test, sampler=d["sampler"],
+                         steps=d["sample_steps"], eta=d["eta"], samples=1, progress=progress,
+                         reference=t_y, **common)
+    tokens = torch.as_tensor(to_tokens(test.puzzles[:8]), device=device)
+    cost = inference_cost(tdrm_teacher, model, tokens, d["sample_steps"])
+    metrics = {
+        "n": test.__len__(),
+        "teacher": {**_summary(t_res), "per_step_exact_accuracy": t_res["per_step_exact_accuracy"],
+                    "seconds_per_puzzle": t_res["seconds"] / len(test)},
+        "tdrm": {**_strip(main), "seconds_per_puzzle": main["seconds"] / len(test)},
+        "paired_tdrm_vs_teacher": mcnemar_exact(list(main["correct"]), list(t_res["correct"])),
+        "difference_points": 100 * (main["exact_accuracy"] - t_res["exact_accuracy"]),
+        "cost": cost,
+        "flops_ratio_tdrm_to_teacher": cost["tdrm_flops"] / cost["teacher_flops"],
+    }
+    steps_rows = []
+    for s in cfg.tdrm_steps:
+        r = main if s == d["sample_steps"] else evaluate_tdrm(
+            model, tdrm_teacher, stdz, proj, schedule, test, sampler=d["sampler"], steps=s, eta=d["eta"],
+            samples=1, progress=progress, **common)
+        lo, hi = r["ci95"]
+        steps_rows.append({"sampling_steps": s, "exact_accuracy": r["exact_accuracy"], "ci_low": lo, "ci_high": hi,
+                           "flops_per_puzzle": s * cost["denoiser_flops_per_call"],
+                           "teacher_exact_accuracy": t_res["exact_accuracy"]})
+    metrics["accuracy_by_sampling_steps"] = steps_rows
+    if cfg.best_of > 1:
+        r = evaluate_tdrm(model, tdrm_teacher, stdz, proj, schedule, test, sampler="ddim", steps=d["sample_steps"],
+                          eta=cfg.best_of_eta, samples=cfg.best_of, progress=progress, **common)
+        one = evaluate_tdrm(model, tdrm_teacher, stdz, proj, schedule, test, sampler="ddim", steps=d["sample_steps"],
+                            eta=cfg.best_of_eta, samples=1, progress=progress, **common)
+        metrics["best_of_n"] = {"samples": cfg.best_of, "eta": cfg.best_of_eta, "steps": d["sample_steps"],
+                                "exact_accuracy": r["exact_accuracy"], "ci95": r["ci95"],
+                                "valid_fraction": r["valid_fraction"],
+                                "single_sample_exact_accuracy": one["exact_accuracy"],
+                                "paired_vs_single": mcnemar_exact(list(r["correct"]), list(one["correct"]))}
+    per_step_rows = [{"step": i + 1, "teacher_exact_accuracy": t, "tdrm_exact_accuracy": g, "cosine_to_teacher": c}
+                     for i, (t, g, c) in enumerate(zip(t_res["per_step_exact_accuracy"],
+                                                       main["per_step_exact_accuracy_first_sample"],
+                                                       main["per_step_cosine_to_teacher"]))]
+    if control_path:
+        cm, ct, cs, cp, csch, cck = load_tdrm(control_path, device)
+        cd = cck["config"]["distill"]
+        c = evaluate_tdrm(cm, ct, cs, cp, csch, test, sampler=cd["sampler"], steps=cd["sample_steps"],
+                          eta=cd["eta"], samples=1, progress=progress, reference=t_y, **common)
+        metrics["control_final_state_only"] = {
+            **_summary(c), "steps": cd["sample_steps"], "cosine_to_teacher_final": c["per_step_cosine_to_teacher"][-1],
+            "paired_tdrm_vs_control": mcnemar_exact(list(main["correct"]), list(c["correct"]))}
+    return metrics, steps_rows, per_step_rows

@@ -1,0 +1,86 @@
+"""Paired test, FLOP counting and the teacher-vs-TDRM comparison of the evaluate stage."""
+import json
+import struct
+
+import pytest
+import torch
+
+from tdrm.eval.metrics import mcnemar_exact
+
+
+def test_mcnemar_exact_hand_cases():
+    # 3 puzzles only the first solver gets, none only the second: p = 2 * (1/2)^3
+    r = mcnemar_exact([True, True, True, False, True], [False, False, False, False, True])
+    assert r == {"only_first": 3, "only_second": 0, "p_value": 0.25}
+    # 1 vs 1 discordant: p = 2 * P[X <= 1 | n=2] = 2 * 3/4 -> capped at 1
+    assert mcnemar_exact([True, False], [False, True])["p_value"] == 1.0
+    # 10 vs 0: 2 / 1024
+    assert mcnemar_exact([True] * 10, [False] * 10)["p_value"] == pytest.approx(2 / 1024)
+    assert mcnemar_exact([True], [True])["p_value"] == 1.0  # no discordant pairs
+    with pytest.raises(ValueError, match="equal lengths"):
+        mcnemar_exact([True], [True, False])
+
+
+def test_flops_counts_a_matmul():
+    from tdrm.eval.tdrm import flops
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert flops(torch.mm, a, b) == 2 * 8 * 16 * 4
+
+
+def test_cosine_per_step():
+    from tdrm.eval.tdrm import cosine_per_step
+    a = torch.randn(3, 2, 5, 4)
+    b = a.clone()
+    b[:, 1] = -b[:, 1]
+    assert torch.allclose(cosine_per_step(a, b), torch.tensor([1.0, -1.0]), atol=1e-6)
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_stages_distill_control_and_evaluate_compare(tiny_params_file, tmp_path):
+    """traces -> distill -> distill_control -> evaluate with TDRM on the tiny profile."""
+    from tdrm.pipeline import data_stage, distill_stage, evaluate_stage, teacher_stage, traces_stage
+    d, s = str(tmp_path / "data"), str(tiny_params_file)
+    data_stage(s, d, str(tmp_path / "m.json"))
+    teacher_stage(s, d, str(tmp_path / "t.pt"), str(tmp_path / "mt.json"), str(tmp_path / "t.csv"),
+                  resume_dir=str(tmp_path / "ck"))
+    traces_stage(s, d, str(tmp_path / "t.pt"), str(tmp_path / "tr"), str(tmp_path / "mtr.json"))
+    m = distill_stage(s, str(tmp_path / "tr"), str(tmp_path / "t.pt"), str(tmp_path / "tdrm.pt"),
+                      str(tmp_path / "md.json"), str(tmp_path / "d.csv"), resume_dir=str(tmp_path / "ck"))
+    assert m["steps"] == 60 and (tmp_path / "d.csv").read_text().startswith("step,mse,ce")
+    mc = distill_stage(s, str(tmp_path / "tr"), str(tmp_path / "t.pt"), str(tmp_path / "k1.pt"),
+                       str(tmp_path / "mk1.json"), str(tmp_path / "k1.csv"), final_only=True,
+                       resume_dir=str(tmp_path / "ck"))
+    assert mc["params"] > 0
+    from tdrm.train.distill import load_tdrm
+    assert load_tdrm(tmp_path / "k1.pt")[0].K == 1 and load_tdrm(tmp_path / "tdrm.pt")[0].K == 3
+    plots = tmp_path / "plots"
+    evaluate_stage(s, d, str(tmp_path / "t.pt"), str(tmp_path / "me.json"), str(tmp_path / "e.csv"),
+                   str(tmp_path / "tdrm.pt"), str(tmp_path / "k1.pt"), str(tmp_path / "mtdrm.json"), str(plots))
+    r = json.loads((tmp_path / "mtdrm.json").read_text())
+    teacher = json.loads((tmp_path / "me.json").read_text())
+    assert r["n"] == 100 and r["teacher"]["exact_accuracy"] == teacher["exact_accuracy"]
+    assert r["difference_points"] == pytest.approx(100 * (r["tdrm"]["exact_accuracy"] - teacher["exact_accuracy"]))
+    pair = r["paired_tdrm_vs_teacher"]
+    assert 0 <= pair["p_value"] <= 1 and pair["only_first"] + pair["only_second"] <= 100
+    assert [x["sampling_steps"] for x in r["accuracy_by_sampling_steps"]] == [1, 5]
+    assert r["cost"]["tdrm_network_evals"] == 5 and r["cost"]["teacher_network_evals"] == 3 * 2 * 3
+    assert r["cost"]["tdrm_flops"] > r["cost"]["denoiser_flops_per_call"] > 0 and r["cost"]["teacher_flops"] > 0
+    assert len(r["tdrm"]["per_step_cosine_to_teacher"]) == 3 and "correct" not in r["tdrm"]
+    assert r["best_of_n"]["samples"] == 2 and "control_final_state_only" in r
+    assert _png_size(plots / "tdrm_steps.png") == (500, 350)
+    assert _png_size(plots / "tdrm_per_step.png") == (500, 350)
+    assert (plots / "tdrm_per_step.csv").read_text().splitlines()[0] == \
+        "step,teacher_exact_accuracy,tdrm_exact_accuracy,cosine_to_teacher"
+    # a TDRM distilled from another teacher is refused, by name
+    from tdrm.train import checkpoint
+    ck = checkpoint.load(tmp_path / "tdrm.pt")
+    ck["teacher"]["model"]["lm_head.weight"] = ck["teacher"]["model"]["lm_head.weight"] + 1
+    checkpoint.save(tmp_path / "other.pt", ck)
+    with pytest.raises(checkpoint.CheckpointError, match="another teacher"):
+        evaluate_stage(s, d, str(tmp_path / "t.pt"), str(tmp_path / "me.json"), str(tmp_path / "e.csv"),
+                       str(tmp_path / "other.pt"), None, str(tmp_path / "mtdrm.json"), str(plots))
