@@ -120,36 +120,39 @@ def test_denoiser_shapes_and_adaln_zero_start(attention, self_cond):
         m(torch.randn(2, 4, 16, 8), torch.tensor([1, 1]), torch.randint(0, 6, (2, 16)))
 
 
-def test_factorised_step_block_mixes_steps_not_cells():
-    cfg = DenoiserConfig(hidden=16, layers=1, heads=2, attention="factorised")
-    m = Denoiser(cfg, steps=3, cells=16, channels=4, vocab=6)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.1)  # undo the zero init to see information flow
-    x = torch.randn(1, 3, 16, 4)
-    puzzle, t = torch.randint(0, 6, (1, 16)), torch.tensor([3])
-    x2 = x.clone()
-    x2[0, 0, 5] += 1.0
-    d = (m(x2, t, puzzle) - m(x, t, puzzle)).abs().sum(-1)[0]  # (K, L)
-    assert d[1, 5] > 0 and d[2, 5] > 0  # other steps of the same cell see it
-    assert d[1, 6] == 0 and d[2, 4] == 0  # other cells do not (one step-axis block)
-
-
-def test_cell_mlp_mixer_mixes_cells_within_a_step_only():
-    cfg = DenoiserConfig(hidden=16, layers=2, heads=2, attention="factorised", cell_mixer="mlp")
+def _unzeroed(cfg: DenoiserConfig) -> Denoiser:
+    """A denoiser (K 3, L 16, C 4) with its zero-initialised weights randomised, so that
+    information flow is visible."""
     m = Denoiser(cfg, steps=3, cells=16, channels=4, vocab=6)
     with torch.no_grad():
         for p in m.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.1)
+    return m
+
+
+def _response(m: Denoiser, step: int, cell: int) -> torch.Tensor:
+    """(K, L) change of the output when input token (step, cell) is perturbed."""
+    x = torch.randn(1, 3, 16, 4, generator=torch.Generator().manual_seed(0))
+    puzzle, t = torch.randint(0, 6, (1, 16), generator=torch.Generator().manual_seed(1)), torch.tensor([3])
+    x2 = x.clone()
+    x2[0, step, cell] += 1.0
+    return (m(x2, t, puzzle) - m(x, t, puzzle)).abs().sum(-1)[0]
+
+
+def test_factorised_step_block_mixes_steps_not_cells():
+    m = _unzeroed(DenoiserConfig(hidden=16, layers=1, heads=2, attention="factorised"))
+    d = _response(m, 0, 5)
+    assert d[1, 5] > 0 and d[2, 5] > 0  # other steps of the same cell see it
+    assert d[1, 6] == 0 and d[2, 4] == 0  # other cells do not (one step-axis block)
+
+
+def test_cell_mlp_mixer_mixes_cells_within_a_step_only():
+    m = _unzeroed(DenoiserConfig(hidden=16, layers=2, heads=2, attention="factorised", cell_mixer="mlp"))
+    with torch.no_grad():
         m.blocks[0].ada.weight.zero_()  # block 0 (steps axis) gated shut: only the cell MLP acts
         m.blocks[0].ada.bias.zero_()
-    x = torch.randn(1, 3, 16, 4)
-    puzzle, t = torch.randint(0, 6, (1, 16)), torch.tensor([3])
-    x2 = x.clone()
-    x2[0, 1, 5] += 1.0
-    d = (m(x2, t, puzzle) - m(x, t, puzzle)).abs().sum(-1)[0]  # (K, L)
+    d = _response(m, 1, 5)
     assert d[1, 0] > 0 and d[1, 15] > 0  # every cell of the same step sees it
     assert d[0].sum() == 0 and d[2].sum() == 0  # other steps do not
     with pytest.raises(ValueError, match="cell_mixer"):
