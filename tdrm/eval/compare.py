@@ -9,6 +9,7 @@ import torch
 from ..config import Evaluate
 from ..data.board import to_tokens
 from ..data.loaders import PuzzleSet
+from ..train.checkpoint import CheckpointError
 from ..train.distill import load_tdrm
 from .metrics import mcnemar_exact, wilson
 from .tdrm import evaluate_tdrm, inference_cost
@@ -42,8 +43,13 @@ def _summary(res: dict) -> dict:
 
 def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, device, *,
             control_path=None, progress: bool = True) -> tuple[dict, list[dict], list[dict]]:
-    """Returns (metrics, accuracy-against-sampling-steps rows, per-supervision-step rows)."""
+    """Returns (metrics, accuracy-against-sampling-steps rows, per-supervision-step rows).
+    `teacher` must be the one the TDRM checkpoint was distilled from (its embedded copy)."""
     model, tdrm_teacher, stdz, proj, schedule, ck = load_tdrm(tdrm_path, device)
+    ours = teacher.state_dict()
+    if ck["teacher"]["model"].keys() != ours.keys() or any(
+            not torch.equal(v.cpu(), ours[k].cpu()) for k, v in ck["teacher"]["model"].items()):
+        raise CheckpointError(f"{tdrm_path} was distilled from another teacher than the one evaluated")
     d = ck["config"]["distill"]
     k = model.K
     t_res, t_y = teacher_run(tdrm_teacher, test, cfg.batch_size, device, k)
@@ -76,8 +82,11 @@ def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, devic
     if cfg.best_of > 1:
         r = evaluate_tdrm(model, tdrm_teacher, stdz, proj, schedule, test, sampler="ddim", steps=d["sample_steps"],
                           eta=cfg.best_of_eta, samples=cfg.best_of, progress=progress, **common)
-        one = evaluate_tdrm(model, tdrm_teacher, stdz, proj, schedule, test, sampler="ddim", steps=d["sample_steps"],
-                            eta=cfg.best_of_eta, samples=1, progress=progress, **common)
+        # the first of the N samples alone; the same draws as `main` when its sampler settings match
+        same = d["sampler"] == "ddim" and d["eta"] == cfg.best_of_eta
+        one = main if same else evaluate_tdrm(
+            model, tdrm_teacher, stdz, proj, schedule, test, sampler="ddim", steps=d["sample_steps"],
+            eta=cfg.best_of_eta, samples=1, progress=progress, **common)
         metrics["best_of_n"] = {"samples": cfg.best_of, "eta": cfg.best_of_eta, "steps": d["sample_steps"],
                                 "exact_accuracy": r["exact_accuracy"], "ci95": r["ci95"],
                                 "valid_fraction": r["valid_fraction"],
