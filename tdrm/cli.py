@@ -57,12 +57,12 @@ def _eval_tdrm(a, ps, device) -> dict:
     from .eval.tdrm import evaluate_tdrm
     from .train.distill import load_tdrm
 
-    model, teacher, stdz, proj, schedule, ck = load_tdrm(a.checkpoint, device)
+    model, codec, schedule, ck = load_tdrm(a.checkpoint, device)
     if ck["teacher"]["cells"] != ps.shape.cells:
         raise ValueError(f"size mismatch: the checkpoint models {ck['teacher']['cells']}-cell boards "
                          f"but {a.puzzles} has {ps.shape.cells}-cell puzzles")
     d = ck["config"]["distill"]
-    return evaluate_tdrm(model, teacher, stdz, proj, schedule, ps, sampler=a.sampler or d["sampler"],
+    return evaluate_tdrm(model, codec, schedule, ps, sampler=a.sampler or d["sampler"],
                          steps=a.steps or d["sample_steps"], eta=d["eta"] if a.eta is None else a.eta,
                          samples=a.samples or d["samples"], seed=ck["config"]["common"]["seed"] if a.seed is None else a.seed,
                          batch_size=a.batch_size, device=device, progress=True)

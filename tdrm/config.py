@@ -130,7 +130,7 @@ class Denoiser:
 @dataclass(frozen=True)
 class Distill:
     denoiser: Denoiser = field(default_factory=Denoiser)
-    state: str = "y"  # y | yz: which teacher states the diffusion models
+    state: str = "y"  # y | yz | z (z at every cycle end, y recomputed): which teacher states are modelled
     schedule: str = "cosine"  # cosine | sqrt
     T: int = 200
     shift: float = 1.0  # divide the schedule's SNR by shift^2 (log-SNR shift)
@@ -146,6 +146,7 @@ class Distill:
     loss_weighting: str = "uniform"  # uniform | min_snr (Hang et al. 2023, gamma 5)
     ce_weight: float = 0.1
     ce_target: str = "solution"  # solution | teacher
+    dynamics_weight: float = 0.0  # each generated step one teacher move from the previous (state yz or z)
     sampler: str = "ddim"  # ddim | ddpm: evaluation defaults, stored in the checkpoint
     sample_steps: int = 20
     eta: float = 0.0

@@ -45,20 +45,20 @@ def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, devic
             control_path=None, progress: bool = True) -> tuple[dict, list[dict], list[dict]]:
     """Returns (metrics, accuracy-against-sampling-steps rows, per-supervision-step rows).
     `teacher` must be the one the TDRM checkpoint was distilled from (its embedded copy)."""
-    model, tdrm_teacher, stdz, proj, schedule, ck = load_tdrm(tdrm_path, device)
+    model, codec, schedule, ck = load_tdrm(tdrm_path, device)
     ours = teacher.state_dict()
     if ck["teacher"]["model"].keys() != ours.keys() or any(
             not torch.equal(v.cpu(), ours[k].cpu()) for k, v in ck["teacher"]["model"].items()):
         raise CheckpointError(f"{tdrm_path} was distilled from another teacher than the one evaluated")
     d = ck["config"]["distill"]
-    k = model.K
-    t_res, t_y = teacher_run(tdrm_teacher, test, cfg.batch_size, device, k)
+    k = model.K // codec.layout.rows_per_step  # supervision steps
+    t_res, t_y = teacher_run(codec.teacher, test, cfg.batch_size, device, k)
     common = dict(batch_size=cfg.batch_size, device=device, seed=seed)
-    main = evaluate_tdrm(model, tdrm_teacher, stdz, proj, schedule, test, sampler=d["sampler"],
+    main = evaluate_tdrm(model, codec, schedule, test, sampler=d["sampler"],
                          steps=d["sample_steps"], eta=d["eta"], samples=1, progress=progress,
                          reference=t_y, **common)
     tokens = torch.as_tensor(to_tokens(test.puzzles[:8]), device=device)
-    cost = inference_cost(tdrm_teacher, model, tokens, d["sample_steps"])
+    cost = inference_cost(codec, model, tokens, d["sample_steps"])
     metrics = {
         "n": test.__len__(),
         "teacher": {**_summary(t_res), "per_step_exact_accuracy": t_res["per_step_exact_accuracy"],
@@ -72,7 +72,7 @@ def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, devic
     steps_rows = []
     for s in cfg.tdrm_steps:
         r = main if s == d["sample_steps"] else evaluate_tdrm(
-            model, tdrm_teacher, stdz, proj, schedule, test, sampler=d["sampler"], steps=s, eta=d["eta"],
+            model, codec, schedule, test, sampler=d["sampler"], steps=s, eta=d["eta"],
             samples=1, progress=progress, **common)
         lo, hi = r["ci95"]
         steps_rows.append({"sampling_steps": s, "exact_accuracy": r["exact_accuracy"], "ci_low": lo, "ci_high": hi,
@@ -80,12 +80,12 @@ def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, devic
                            "teacher_exact_accuracy": t_res["exact_accuracy"]})
     metrics["accuracy_by_sampling_steps"] = steps_rows
     if cfg.best_of > 1:
-        r = evaluate_tdrm(model, tdrm_teacher, stdz, proj, schedule, test, sampler="ddim", steps=d["sample_steps"],
+        r = evaluate_tdrm(model, codec, schedule, test, sampler="ddim", steps=d["sample_steps"],
                           eta=cfg.best_of_eta, samples=cfg.best_of, progress=progress, **common)
         # the first of the N samples alone; the same draws as `main` when its sampler settings match
         same = d["sampler"] == "ddim" and d["eta"] == cfg.best_of_eta
         one = main if same else evaluate_tdrm(
-            model, tdrm_teacher, stdz, proj, schedule, test, sampler="ddim", steps=d["sample_steps"],
+            model, codec, schedule, test, sampler="ddim", steps=d["sample_steps"],
             eta=cfg.best_of_eta, samples=1, progress=progress, **common)
         metrics["best_of_n"] = {"samples": cfg.best_of, "eta": cfg.best_of_eta, "steps": d["sample_steps"],
                                 "exact_accuracy": r["exact_accuracy"], "ci95": r["ci95"],
@@ -97,9 +97,9 @@ def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, devic
                                                        main["per_step_exact_accuracy_first_sample"],
                                                        main["per_step_cosine_to_teacher"]))]
     if control_path:
-        cm, ct, cs, cp, csch, cck = load_tdrm(control_path, device)
+        cm, ccodec, csch, cck = load_tdrm(control_path, device)
         cd = cck["config"]["distill"]
-        c = evaluate_tdrm(cm, ct, cs, cp, csch, test, sampler=cd["sampler"], steps=cd["sample_steps"],
+        c = evaluate_tdrm(cm, ccodec, csch, test, sampler=cd["sampler"], steps=cd["sample_steps"],
                           eta=cd["eta"], samples=1, progress=progress, reference=t_y, **common)
         metrics["control_final_state_only"] = {
             **_summary(c), "steps": cd["sample_steps"], "cosine_to_teacher_final": c["per_step_cosine_to_teacher"][-1],

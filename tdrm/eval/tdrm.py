@@ -11,7 +11,6 @@ from tqdm import tqdm
 
 from ..data.board import Shape, to_tokens, units
 from ..data.loaders import PuzzleSet
-from ..diffusion.trajectory import decode_logits, teacher_y
 from ..train.distill import generate
 from .metrics import wilson
 
@@ -34,12 +33,13 @@ def cosine_per_step(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_tdrm(model, teacher, stdz, projection, schedule, ps: PuzzleSet, *, sampler: str, steps: int,
+def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps: int,
                   eta: float, samples: int, seed: int, batch_size: int = 64, device="cpu",
                   progress: bool = False, reference: torch.Tensor | None = None) -> dict:
     """Exact accuracy of the decoded final state; with `samples` > 1, the first sample whose board
-    passes the label-free validity check is kept. `reference`: the teacher's y states
-    (M, K, L, D) on the same puzzles, for the cosine similarity of the first sample per step.
+    passes the label-free validity check is kept. `codec` decodes (it holds the frozen teacher).
+    `reference`: the teacher's y states (M, K, N, D) at the cells of the same puzzles, for the
+    cosine similarity of the first sample per step.
     The result's `correct` is the per-puzzle (M,) bool array (drop it before writing JSON)."""
     gen = torch.Generator().manual_seed(seed)
     exact, per_step, picked_valid, cos = [], [], [], []
@@ -50,14 +50,13 @@ def evaluate_tdrm(model, teacher, stdz, projection, schedule, ps: PuzzleSet, *, 
         tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
         best, best_ok, steps_right = None, None, None
         for j in range(samples):
-            x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=gen)  # (B, K, L, C)
-            boards = torch.stack([decode_logits(teacher, x[:, k], stdz, projection).argmax(-1) - 1
-                                  for k in range(x.shape[1])], dim=1)  # (B, K, L) digits
+            x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=gen)  # (B, R, L, C)
+            y = codec.step_y(x)  # (B, K, N, D)
+            boards = codec.teacher.lm_head(y).argmax(-1) - 1  # (B, K, N) digits
             ok = valid_boards(p, boards[:, -1], ps.shape)
             if best is None:
                 best, best_ok, steps_right = boards[:, -1].clone(), ok.clone(), (boards == s[:, None]).all(-1)
                 if reference is not None:
-                    y = teacher_y(x, stdz, projection, teacher.cfg.hidden)  # (B, K, L, D)
                     ref = reference[i:i + batch_size, -y.shape[1]:].to(y.device)
                     cos.append(cosine_per_step(y, ref).cpu().numpy() * len(y))
             else:
@@ -90,16 +89,18 @@ def flops(fn, *args) -> int:
 
 
 @torch.no_grad()
-def inference_cost(teacher, model, tokens: torch.Tensor, steps: int) -> dict:
+def inference_cost(codec, model, tokens: torch.Tensor, steps: int) -> dict:
     """Per-puzzle network evaluations and FLOPs: the teacher's full N_sup inference against
-    `steps` denoiser calls (plus the final lm_head decode) for puzzles `tokens` (B, L)."""
+    `steps` denoiser calls plus decoding the answer (the lm_head; for state z also the y-updates)
+    for puzzles `tokens` (B, N)."""
     b = tokens.shape[0]
+    teacher = codec.teacher
     c = teacher.cfg
     t_flops = flops(lambda: teacher.trace(tokens, keep_states=False)) / b
     x = torch.zeros((b, model.K, model.L, model.C), device=tokens.device)
     t = torch.ones(b, dtype=torch.long, device=tokens.device)
     d_flops = flops(lambda: model(x, t, tokens, x if model.cfg.self_cond else None)) / b
-    head = flops(lambda: teacher.lm_head(torch.zeros((b, model.L, c.hidden), device=tokens.device))) / b
+    head = flops(lambda: codec.answer_logits(x)) / b
     return {"teacher_network_evals": c.n_sup * c.T * (c.n + 1), "teacher_flops": t_flops,
             "denoiser_flops_per_call": d_flops, "tdrm_network_evals": steps, "tdrm_flops": steps * d_flops + head,
             "teacher_params": sum(p.numel() for p in teacher.parameters()),

@@ -2,12 +2,13 @@
 
 Input x_t (B, K, L, C) is the noised standardised trajectory; the puzzle enters as a clean row of
 L conditioning tokens in front of the K trajectory rows (DiffuSeq-style partial noising), so the
-token grid is (K+1) x L. Attention is either full over all (K+1) L tokens or factorised: blocks
+token grid is (K+1) x L. When the traces keep the teacher's P prefix positions (L = P + N cells),
+those positions of the conditioning row are learned embeddings. Attention is either full over all (K+1) L tokens or factorised: blocks
 alternate attention over steps (per cell) and over cells (per step). Time enters by adaLN-Zero
 (DiT, Peebles & Xie 2023): each block's shift/scale/gate come from the time embedding through a
 zero-initialised linear, so every block starts as the identity. The output is x0_hat (B, K, L, C).
 
-Shapes: B batch, K steps, L cells, C channels, D hidden, H heads, E head dim.
+Shapes: B batch, K steps, L positions (P prefix + N cells), C channels, D hidden, H heads, E head dim.
 """
 from __future__ import annotations
 
@@ -81,17 +82,20 @@ class DenoiserBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    def __init__(self, cfg: DenoiserConfig, steps: int, cells: int, channels: int, vocab: int):
+    def __init__(self, cfg: DenoiserConfig, steps: int, cells: int, channels: int, vocab: int, prefix: int = 0):
         super().__init__()
+        if not 0 <= prefix < cells:
+            raise ValueError(f"prefix positions must be in 0..{cells - 1}, got {prefix}")
         if cfg.attention not in ("full", "factorised"):
             raise ValueError(f"denoiser attention must be 'full' or 'factorised', got {cfg.attention!r}")
         if cfg.cell_mixer not in ("attention", "mlp"):
             raise ValueError(f"denoiser cell_mixer must be 'attention' or 'mlp', got {cfg.cell_mixer!r}")
-        self.cfg, self.K, self.L, self.C = cfg, steps, cells, channels
+        self.cfg, self.K, self.L, self.C, self.P = cfg, steps, cells, channels, prefix
         g = torch.Generator().manual_seed(cfg.init_seed)
         d = cfg.hidden
         self.inp = Linear(channels * (2 if cfg.self_cond else 1), d, g)
         self.puzzle = nn.Parameter(trunc_normal_(torch.empty(vocab, d), 1 / math.sqrt(d), g))
+        self.prefix = nn.Parameter(trunc_normal_(torch.empty(prefix, d), 1 / math.sqrt(d), g)) if prefix else None
         self.step_pos = nn.Parameter(trunc_normal_(torch.empty(steps + 1, d), 0.02, g))
         self.cell_pos = nn.Parameter(trunc_normal_(torch.empty(cells, d), 0.02, g))
         self.time = nn.Sequential(Linear(d, d, g, bias=True), nn.SiLU(), Linear(d, d, g, bias=True))
@@ -107,14 +111,19 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, puzzle: torch.Tensor,
                 x0_prev: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t (B, K, L, C), t (B,) steps, puzzle tokens (B, L) -> x0_hat (B, K, L, C)."""
+        """x_t (B, K, L, C), t (B,) steps, puzzle tokens (B, N) -> x0_hat (B, K, L, C)."""
         b = x_t.shape[0]
         if x_t.shape[1:] != (self.K, self.L, self.C):
             raise ValueError(f"expected trajectories (B, {self.K}, {self.L}, {self.C}), got {tuple(x_t.shape)}")
+        if puzzle.shape != (b, self.L - self.P):
+            raise ValueError(f"expected puzzle tokens ({b}, {self.L - self.P}), got {tuple(puzzle.shape)}")
         if self.cfg.self_cond:
             x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], dim=-1)
         h = self.inp(x_t)  # (B, K, L, D)
-        cond = F.embedding(puzzle, self.puzzle)[:, None]  # (B, 1, L, D): the clean puzzle row, also added to every step
+        cond = F.embedding(puzzle, self.puzzle)  # (B, N, D)
+        if self.prefix is not None:
+            cond = torch.cat([self.prefix.expand(b, -1, -1), cond], dim=1)
+        cond = cond[:, None]  # (B, 1, L, D): the clean puzzle row, also added to every step
         h = torch.cat([cond, h + cond], dim=1) + self.step_pos[None, :, None] + self.cell_pos[None, None]
         temb = self.time(timestep_embedding(t, self.cfg.hidden))  # (B, D)
         for blk in self.blocks:

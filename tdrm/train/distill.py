@@ -2,7 +2,8 @@
 
 Loss = weighted x0-MSE on the standardised trajectory + ce_weight * cross-entropy of the answer
 decoded from the predicted last step through the frozen teacher lm_head (Diffusion-LM's rounding
-term). Trajectory batches stream from the sharded traces, epoch e shuffled by rng (seed, e); the
+term) + dynamics_weight * the mean squared gap between each predicted step and one teacher move
+from the predicted step before it (`Codec.dynamics_residual`; skipped when the weight is 0). Trajectory batches stream from the sharded traces, epoch e shuffled by rng (seed, e); the
 resume checkpoint keeps weights, EMA, optimizer, generator and (epoch, batch) position.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..device import resolve_device
 from ..diffusion.losses import answer_ce, denoising_mse, loss_weights
 from ..diffusion.samplers import sample_ddim, sample_ddpm
 from ..diffusion.schedules import make_schedule, q_sample
-from ..diffusion.trajectory import Standardizer, decode_logits, fit_standardizer, state_tensor
+from ..diffusion.trajectory import Codec, Layout, Standardizer, fit_standardizer, state_tensor
 from ..models.denoiser import Denoiser
 from ..tracking.base import Tracker
 from ..traces.store import TraceReader
@@ -70,17 +71,26 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     dtype = reader.header["config"]["dtype"]
     proj_path = traces_dir / "projection.npy"
     projection = torch.from_numpy(np.load(proj_path)) if proj_path.is_file() else None
-    stdz = fit_standardizer(reader, cfg.state)
+    layout = Layout.of(cfg.state, teacher.cfg, reader.header["config"])
+    if cfg.final_only and cfg.state == "z":
+        raise ValueError("distill.final_only (the K = 1 control) needs state y or yz: state z recomputes y "
+                         "from every cycle's z")
+    if cfg.dynamics_weight and cfg.final_only:
+        raise ValueError("the dynamics-consistency term needs the whole trajectory, not final_only")
+    stdz = fit_standardizer(reader, layout)
 
-    def trajectory(shard: dict) -> torch.Tensor:  # (B, K, L, C) raw states; K = 1 for the control
-        x = state_tensor(shard, cfg.state, dtype)
+    def trajectory(shard: dict) -> torch.Tensor:  # (B, R, L, C) raw states; R = 1 for the control
+        x = state_tensor(shard, layout, dtype)
         return x[:, -1:] if cfg.final_only else x
 
     k, l, c = trajectory(reader.load_shard(0, ["y", "z"])).shape[1:]
-    model = Denoiser(cfg.denoiser, k, l, c, teacher.vocab).to(device)
+    model = Denoiser(cfg.denoiser, k, l, c, teacher.vocab, prefix=layout.prefix).to(device)
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    codec = Codec(teacher, layout, stdz, projection)
+    if cfg.dynamics_weight:
+        codec.check_dynamics()
     schedule = make_schedule(cfg.schedule, cfg.T, cfg.shift)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema, warmup=True)
@@ -100,13 +110,13 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         """(exact, cell) accuracy of the EMA model's samples on the first validation puzzles."""
         x = generate(ema.model, v_tokens, schedule, sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta,
                      generator=torch.Generator().manual_seed(params.common.seed + 1))
-        right = decode_logits(teacher, x[:, -1], stdz, projection).argmax(-1) == v_sol
+        right = codec.answer_logits(x).argmax(-1) == v_sol
         return float(right.all(-1).float().mean()), float(right.float().mean())
 
     def save(path: Path, final: bool) -> None:
         payload = {"kind": "tdrm", "model": model.state_dict(), "ema": ema.state_dict(), "step": step,
                    "config": {"distill": asdict(cfg), "common": asdict(params.common), "profile": params.profile},
-                   "shape": [k, l, c], "stats": stdz.state_dict(), "projection": projection,
+                   "shape": [k, l, c], "layout": asdict(layout), "stats": stdz.state_dict(), "projection": projection,
                    "teacher": {"model": teacher.state_dict(), "config": asdict(teacher.cfg),
                                "cells": teacher.cells, "vocab": teacher.vocab},
                    "traces_header": reader.manifest["header"], "history": history}
@@ -153,8 +163,12 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
                 prev = model(x_t, t, puzzle)
         x0_hat = model(x_t, t, puzzle, prev)
         mse = denoising_mse(x0_hat, x0, loss_weights(schedule, t, cfg.loss_weighting))
-        ce = answer_ce(decode_logits(teacher, x0_hat[:, -1], stdz, projection), target)
+        ce = answer_ce(codec.answer_logits(x0_hat), target)
         loss = mse + cfg.ce_weight * ce
+        dyn = torch.zeros(())
+        if cfg.dynamics_weight:
+            dyn = codec.dynamics_residual(x0_hat, puzzle).square().mean()
+            loss = loss + cfg.dynamics_weight * dyn
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -163,10 +177,12 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         ema.update(model)
         step += 1
         bar.update(1)
-        window.append((mse.item(), ce.item()))
+        window.append((mse.item(), ce.item(), dyn.item()))
         if step % log_every == 0 or step == cfg.steps:
             row = {"step": step, "mse": float(np.mean([w[0] for w in window])),
                    "ce": float(np.mean([w[1] for w in window])), "minutes": (time.perf_counter() - t0) / 60}
+            if cfg.dynamics_weight:
+                row["dynamics"] = float(np.mean([w[2] for w in window]))
             window = []
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 row["val_exact_ema"], row["val_cell_ema"] = evaluate_ema()
@@ -189,7 +205,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
 
 
 def load_tdrm(path: str | Path, device="cpu"):
-    """(denoiser with EMA weights, teacher, standardizer, projection, schedule, checkpoint)."""
+    """(denoiser with EMA weights, codec (with the frozen teacher), schedule, checkpoint)."""
     from ..config import Model, section_from_dict
     from ..models.trm import TRM
 
@@ -203,8 +219,11 @@ def load_tdrm(path: str | Path, device="cpu"):
     teacher = TRM(section_from_dict(Model, tinfo["config"]), tinfo["cells"], tinfo["vocab"]).to(device)
     teacher.load_state_dict(tinfo["model"])
     teacher.eval()
-    model = Denoiser(dcfg.denoiser, k, l, c, tinfo["vocab"]).to(device)
+    # checkpoints written before states z / prefix positions existed carry no layout
+    layout = Layout(**ck["layout"]) if "layout" in ck else Layout.of(dcfg.state, teacher.cfg,
+                                                                     ck["traces_header"]["config"])
+    model = Denoiser(dcfg.denoiser, k, l, c, tinfo["vocab"], prefix=layout.prefix).to(device)
     model.load_state_dict(ck["ema"])
     model.eval()
-    stdz = Standardizer(ck["stats"]["mean"], ck["stats"]["std"])
-    return model, teacher, stdz, ck["projection"], make_schedule(dcfg.schedule, dcfg.T, dcfg.shift), ck
+    codec = Codec(teacher, layout, Standardizer(ck["stats"]["mean"], ck["stats"]["std"]), ck["projection"])
+    return model, codec, make_schedule(dcfg.schedule, dcfg.T, dcfg.shift), ck

@@ -166,3 +166,14 @@ def test_denoiser_init_is_seeded_not_global_rng():
     torch.manual_seed(1)
     b = Denoiser(cfg, 3, 16, 8, 6).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_denoiser_prefix_positions_are_learned_conditioning():
+    cfg = DenoiserConfig(hidden=16, layers=2, heads=2, cell_mixer="mlp")
+    m = Denoiser(cfg, 3, 5, 4, 7, prefix=1)  # 1 prefix position + 4 cells
+    x, t = torch.randn(2, 3, 5, 4), torch.tensor([1, 7])
+    assert m(x, t, torch.randint(0, 7, (2, 4))).shape == (2, 3, 5, 4)
+    with pytest.raises(ValueError, match=r"puzzle tokens \(2, 4\)"):
+        m(x, t, torch.randint(0, 7, (2, 5)))
+    with pytest.raises(ValueError, match="prefix positions"):
+        Denoiser(cfg, 3, 5, 4, 7, prefix=5)

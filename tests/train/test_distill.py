@@ -33,7 +33,7 @@ def test_denoising_loss_falls_and_checkpoint_samples(setup, tmp_path):
     mse = [v for _, v in tr.scalars["distill.mse"]]
     assert mse[-1] < 0.7 * mse[0], mse
     assert 0.0 <= res["val_exact_accuracy_ema"] <= 1.0
-    model, t2, stdz, proj, sched, ck = load_tdrm(tmp_path / "tdrm.pt")
+    model, codec, sched, ck = load_tdrm(tmp_path / "tdrm.pt")
     tokens = torch.randint(1, 6, (3, 16))
     x = generate(model, tokens, sched, sampler="ddpm", steps=5, eta=0.0, generator=torch.Generator().manual_seed(0))
     y = generate(model, tokens, sched, sampler="ddpm", steps=5, eta=0.0, generator=torch.Generator().manual_seed(0))
@@ -105,7 +105,37 @@ def test_tiny_distillation_learns_to_solve_4x4(tmp_path):
                                  "warmup": 20, "sample_steps": 10, "shift": 4.0,
                                  "denoiser": {"hidden": 32, "layers": 4, "heads": 2}}})
     train_distill(p, tmp_path / "tr", teacher, tmp_path / "tdrm.pt", progress=False)
-    model, t2, stdz, proj, sched, ck = load_tdrm(tmp_path / "tdrm.pt")
+    model, codec, sched, ck = load_tdrm(tmp_path / "tdrm.pt")
     test = load_split(tmp_path, "test")
-    res = evaluate_tdrm(model, t2, stdz, proj, sched, test, sampler="ddim", steps=10, eta=0.0, samples=1, seed=0)
+    res = evaluate_tdrm(model, codec, sched, test, sampler="ddim", steps=10, eta=0.0, samples=1, seed=0)
     assert res["exact_accuracy"] >= 0.8, res["exact_accuracy"]  # chance is far below 1%
+
+
+@pytest.mark.parametrize("state,inner", [("z", True), ("yz", False)])
+def test_dynamics_term_and_z_only_state_train_and_evaluate(setup, tmp_path, state, inner):
+    """State z (y recomputed by the teacher) and the dynamics-consistency term, end to end."""
+    from tdrm.data.dataset import load_split
+    from tdrm.eval.tdrm import evaluate_tdrm
+    _, d, teacher = setup
+    record(teacher, d / "t.pt", d, tmp_path / "tr", Traces(limit=20, shard_size=16, num_aug=1, prefix=True,
+                                                           inner=inner), 0, "cpu", progress=False)
+    p = tiny_params({"distill": {**DISTILL, "steps": 20, "eval_every": 20, "state": state, "dynamics_weight": 0.5}})
+    tr = MemoryTracker()
+    train_distill(p, tmp_path / "tr", teacher, tmp_path / "tdrm.pt", tracker=tr, progress=False, log_every=10)
+    dyn = [v for _, v in tr.scalars["distill.dynamics"]]
+    assert len(dyn) == 2 and all(v > 0 for v in dyn)
+    model, codec, sched, ck = load_tdrm(tmp_path / "tdrm.pt")
+    rows = teacher.cfg.n_sup * (teacher.cfg.T if state == "z" else 1)
+    assert (model.K, model.L, model.P) == (rows, 17, 1) and codec.layout.state == state
+    res = evaluate_tdrm(model, codec, sched, load_split(d, "val"), sampler="ddim", steps=3, eta=0.0, samples=1, seed=0)
+    assert len(res["per_step_exact_accuracy_first_sample"]) == teacher.cfg.n_sup and res["n"] == 30
+
+
+def test_distill_refuses_settings_it_cannot_compute(setup, tmp_path):
+    _, d, teacher = setup  # traces of step ends at the cells only
+    for over, msg in [({"state": "y", "dynamics_weight": 1.0}, "needs z"),
+                      ({"state": "yz", "dynamics_weight": 1.0}, "traces.prefix: true"),
+                      ({"state": "z"}, "traces.inner: true")]:
+        with pytest.raises(ValueError, match=msg):
+            train_distill(tiny_params({"distill": {**DISTILL, **over}}), d / "tr", teacher, tmp_path / "x.pt",
+                          progress=False)
