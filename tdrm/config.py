@@ -157,6 +157,36 @@ class Distill:
 
 
 @dataclass(frozen=True)
+class RL:
+    """GRPO on the reverse diffusion chain (issue 4, METHOD.md section 4)."""
+
+    estimator: str = "grpo"  # grpo (exact step log-probs, clipped ratio) | elbo (SPG-like ablation)
+    group_size: int = 16  # rollouts per puzzle (G)
+    puzzles: int = 8  # puzzles per rollout batch
+    steps: int = 200  # rollout batches
+    sample_steps: int = 4  # stochastic DDIM steps per rollout (also the default of `tdrm eval` afterwards)
+    eta: float = 1.0  # DDIM eta of the rollouts (1 = DDPM's posterior variance)
+    sigma_floor: float = 0.0  # lower bound on each stochastic step's sigma
+    train_step_fraction: float = 0.5  # share of the stochastic steps that get gradients per batch
+    inner_epochs: int = 2  # updates per batch of rollouts
+    lr: float = 1.0e-5
+    weight_decay: float = 0.0
+    clip: float = 1.0e-3  # ratio clip range (per-dimension mean log-probs)
+    beta: float = 0.02  # KL to the distilled reference
+    adv_clip: float = 5.0
+    adv_eps: float = 1.0e-4
+    dense_weight: float = 0.1  # reward += dense_weight * fraction of satisfied constraints
+    grad_clip: float = 1.0
+    elbo_negative_weight: float = 0.5  # elbo: weight of the bounded push-away term (negative advantages)
+    elbo_trust: float = 0.1  # elbo: negative samples pushed until their loss is (1 + trust) x the reference's
+    eval_every: int = 50  # validation solve rate at the rollout setting (0 = off)
+    val_limit: int = 200
+    eval_steps: tuple[int, ...] = (1, 2, 4, 8, 20)  # accuracy against sampling steps, before and after
+    eval_limit: int | None = None  # test puzzles of the final evaluation (None = all)
+    ckpt_every: int = 25
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str
     common: Common
@@ -165,10 +195,11 @@ class Params:
     evaluate: Evaluate
     traces: Traces = field(default_factory=Traces)
     distill: Distill = field(default_factory=Distill)
+    rl: RL = field(default_factory=RL)
 
 
 SECTIONS = {"common": Common, "data": Data, "teacher": Teacher, "evaluate": Evaluate, "traces": Traces,
-            "distill": Distill}
+            "distill": Distill, "rl": RL}
 
 
 def _build(cls, raw, where: str):

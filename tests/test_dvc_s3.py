@@ -96,17 +96,22 @@ def test_repro_push_pull_roundtrip(tmp_path, s3):
     assert "up to date" in status, status  # nothing to reproduce after the pull
 
 
-def test_exp_run_with_set_param_and_exp_show(tmp_path):
+def test_exp_run_with_set_params_and_exp_show(tmp_path):
+    """The README's `dvc exp run -S ...` path: the whole tiny pipeline with a teacher and an RL
+    setting changed; `dvc exp show` carries both params and the teacher and RL metrics."""
     proj = _scratch_project(tmp_path)
     _git(proj, "add", "-A")
     _git(proj, "commit", "-qm", "scratch")
-    _dvc(proj, "exp", "run", "-S", "teacher.lr=0.002", "-n", "lr2e-3")
+    _dvc(proj, "exp", "run", "-S", "teacher.lr=0.002", "-S", "rl.group_size=2", "-n", "lr2e-3-g2")
     shown = json.loads(_dvc(proj, "exp", "show", "--json"))
     exps = [e for rev in shown for e in (rev.get("experiments") or [])]
     names = [e.get("name") for e in exps]
-    assert "lr2e-3" in names, names
-    exp = next(e for e in exps if e.get("name") == "lr2e-3")
+    assert "lr2e-3-g2" in names, names
+    exp = next(e for e in exps if e.get("name") == "lr2e-3-g2")
     data = exp["revs"][0]["data"]
-    assert data["params"]["params.yaml"]["data"]["teacher"]["lr"] == 0.002
+    params = data["params"]["params.yaml"]["data"]
+    assert params["teacher"]["lr"] == 0.002 and params["rl"]["group_size"] == 2
     metrics = data["metrics"]["metrics/teacher.json"]["data"]
     assert 0.0 <= metrics["exact_accuracy"] <= 1.0 and metrics["n"] == 100
+    rl = data["metrics"]["metrics/rl.json"]["data"]
+    assert rl["group_size"] == 2 and rl["n"] == 100 and 0.0 <= rl["exact_accuracy_after"] <= 1.0

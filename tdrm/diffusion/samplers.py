@@ -55,6 +55,18 @@ def ddim_step_params(schedule: Schedule, t: int, t_prev: int, eta: float) -> tup
     return ab_p ** 0.5, c_eps, sigma
 
 
+def step_mean(schedule: Schedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: int, t_prev: int, eta: float,
+              sigma_floor: float = 0.0) -> tuple[torch.Tensor, float]:
+    """Mean and sigma of the Gaussian reverse step x_t -> x_{t_prev} given the model's x0_hat;
+    sigma is raised to `sigma_floor` on every step but the last (t_prev = 0, deterministic)."""
+    ab_t = float(schedule.alpha_bar[t])
+    eps_hat = (x_t - ab_t ** 0.5 * x0_hat) / (1 - ab_t) ** 0.5
+    c_x0, c_eps, sigma = ddim_step_params(schedule, t, t_prev, eta)
+    if t_prev > 0:
+        sigma = max(sigma, sigma_floor)
+    return c_x0 * x0_hat + c_eps * eps_hat, sigma
+
+
 def _sample(model, x_T, schedule, *, generator, steps, cond, eta, return_path, sigma_floor=0.0):
     x = x_T
     out = Sample(x_T)
@@ -63,12 +75,7 @@ def _sample(model, x_T, schedule, *, generator, steps, cond, eta, return_path, s
         t_prev = ts[i + 1] if i + 1 < len(ts) else 0
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         x0_hat = model(x, tt, cond)
-        ab_t = float(schedule.alpha_bar[t])
-        eps_hat = (x - ab_t ** 0.5 * x0_hat) / (1 - ab_t) ** 0.5
-        c_x0, c_eps, sigma = ddim_step_params(schedule, t, t_prev, eta)
-        if t_prev > 0:
-            sigma = max(sigma, sigma_floor)
-        mean = c_x0 * x0_hat + c_eps * eps_hat
+        mean, sigma = step_mean(schedule, x, x0_hat, t, t_prev, eta, sigma_floor)
         if sigma > 0:
             z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
             x_prev = mean + sigma * z

@@ -48,3 +48,33 @@ def per_step_png(rows: list[dict], path: str | Path, title: str = "") -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def rl_png(steps_rows: list[dict], history: list[dict], path: str | Path, title: str = "") -> None:
+    """Two panels: exact accuracy against sampling steps before and after RL (95% CI bands), and
+    the rollout reward / solve rate over RL steps."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    s = [r["sampling_steps"] for r in steps_rows]
+    for name, label in (("before", "distilled"), ("after", "after RL")):
+        a.plot(s, [r[f"{name}_exact_accuracy"] for r in steps_rows], "o-", label=label)
+        a.fill_between(s, [r[f"{name}_ci_low"] for r in steps_rows], [r[f"{name}_ci_high"] for r in steps_rows],
+                       alpha=0.25)
+    a.set_xscale("log", base=2)
+    a.set_xlabel("sampling steps (deterministic DDIM)")
+    a.set_ylabel("exact accuracy (test)")
+    a.set_ylim(0, 1.02)
+    a.legend(loc="lower right")
+    x = [h["step"] for h in history]
+    b.plot(x, [h["reward_mean"] for h in history], label="reward mean")
+    b.plot(x, [h["solve_rate"] for h in history], label="rollout solve rate")
+    val = [(h["step"], h["val_exact"]) for h in history if "val_exact" in h]
+    if val:
+        b.plot(*zip(*val), "o--", label="val exact (eta 0)")
+    b.set_xlabel("RL step")
+    b.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -46,13 +46,16 @@ class SelfCondModel:
 
 @torch.no_grad()
 def generate(model: Denoiser, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, steps: int, eta: float,
-             generator: torch.Generator) -> torch.Tensor:
-    """Sample standardised trajectories (B, K, L, C) for puzzles (B, L)."""
+             generator: torch.Generator, return_path: bool = False, sigma_floor: float = 0.0):
+    """Sample standardised trajectories (B, K, L, C) for puzzles (B, N); with `return_path`, the
+    sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob)."""
     b = puzzle_tokens.shape[0]
     x_T = torch.randn((b, model.K, model.L, model.C), generator=generator).to(puzzle_tokens.device)
     fn = SAMPLERS[sampler]
     kw = {} if sampler == "ddpm" else {"eta": eta}
-    return fn(SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps, **kw).x0
+    out = fn(SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
+             return_path=return_path, sigma_floor=sigma_floor, **kw)
+    return out if return_path else out.x0
 
 
 def _batches(reader: TraceReader, batch: int, seed: int, epoch: int):

@@ -1,0 +1,1 @@
+"""GRPO on the reverse diffusion chain (METHOD.md section 4)."""

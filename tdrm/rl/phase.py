@@ -1,0 +1,130 @@
+"""One RL phase: rollouts from the current policy, group rewards, and the policy update.
+
+The policy is the reverse diffusion chain of an x0-predicting denoiser `model(x_t, t, puzzle,
+x0_prev)`; each stochastic step is the Gaussian N(mean(x0_hat), sigma^2) of `step_mean`, so its
+log-probability is exact. With self-conditioning, the x0_hat of the step before is part of each
+step's input (recorded in the rollout, held fixed in the update).
+
+Shapes: S samples (= P puzzles x G group), R rows, L positions, C channels, N cells.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..diffusion.logprob import gaussian_log_prob
+from ..diffusion.samplers import Sample, step_mean
+from ..diffusion.schedules import Schedule, q_sample
+from .grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl
+
+
+@dataclass
+class Batch:
+    """The rollouts of the kept groups, ready for updates."""
+
+    puzzle: torch.Tensor  # (S, N) tokens
+    sample: Sample  # path over all reverse steps, tensors (S, ...)
+    adv: torch.Tensor  # (S,)
+    self_cond: bool
+
+
+def subset(sample: Sample, idx: torch.Tensor) -> Sample:
+    """The rows `idx` of every tensor of a sampled path."""
+    from dataclasses import replace
+    take = lambda v: v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v  # noqa: E731
+    return Sample(sample.x0[idx], [replace(s, **{k: take(getattr(s, k)) for k in
+                                                ("x_t", "x0_hat", "mean", "x_prev", "log_prob")}) for s in sample.path])
+
+
+def _prev(batch: Batch, i: int):
+    return batch.sample.path[i - 1].x0_hat if batch.self_cond and i > 0 else None
+
+
+def step_log_prob(model, batch: Batch, i: int, schedule: Schedule, eta: float, sigma_floor: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(per-dimension mean log-prob (S,), mean, sigma) of the recorded step i under `model`."""
+    st = batch.sample.path[i]
+    t = torch.full((st.x_t.shape[0],), st.t, dtype=torch.long, device=st.x_t.device)
+    x0_hat = model(st.x_t, t, batch.puzzle, _prev(batch, i))
+    mean, sigma = step_mean(schedule, st.x_t, x0_hat, st.t, st.t_prev, eta, sigma_floor)
+    return gaussian_log_prob(st.x_prev, mean, sigma, reduce="mean"), mean, sigma
+
+
+def grpo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
+    """GRPO over the chain (DDPO / Flow-GRPO): for a random `train_step_fraction` of the stochastic
+    steps, the clipped-ratio loss on per-dimension mean log-probs plus beta times the closed-form
+    KL to the reference's step. Keeps all of GRPO: group-relative std-normalised advantages, the
+    ratio and its clip, the KL penalty (per step, exact for Gaussians instead of the k3 estimate).
+    `cfg` is the RL config; runs `cfg.inner_epochs` optimizer steps and returns their statistics."""
+    stochastic = [i for i, s in enumerate(batch.sample.path) if s.sigma > 0]
+    if not stochastic:
+        raise ValueError("the rollouts have no stochastic step: use rl.eta > 0 or rl.sigma_floor > 0")
+    k = max(1, round(cfg.train_step_fraction * len(stochastic)))
+    chosen = [stochastic[j] for j in torch.randperm(len(stochastic), generator=generator)[:k].tolist()]
+    with torch.no_grad():
+        old = {i: gaussian_log_prob(batch.sample.path[i].x_prev, batch.sample.path[i].mean,
+                                    batch.sample.path[i].sigma, reduce="mean") for i in chosen}
+        ref_mean = {i: step_log_prob(ref, batch, i, schedule, cfg.eta, cfg.sigma_floor)[1] for i in chosen}
+    stats = []
+    for epoch in range(cfg.inner_epochs):
+        opt.zero_grad(set_to_none=True)
+        row = {"ratio_mean": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "kl": 0.0, "policy_loss": 0.0}
+        for i in chosen:
+            lp, mean, sigma = step_log_prob(model, batch, i, schedule, cfg.eta, cfg.sigma_floor)
+            pg, st = clipped_ratio_loss(lp, old[i], batch.adv, cfg.clip)
+            kl = gaussian_kl(mean, ref_mean[i], sigma).mean()
+            ((pg + cfg.beta * kl) / k).backward()
+            row["ratio_mean"] += float((lp.detach() - old[i]).exp().mean()) / k
+            row["clip_fraction"] += st["clip_fraction"] / k
+            row["approx_kl"] += st["approx_kl"] / k
+            row["kl"] += float(kl.detach()) / k
+            row["policy_loss"] += float(pg.detach()) / k
+        row["grad_norm"] = _step(model, opt, cfg.grad_clip)
+        row["epoch"] = epoch
+        stats.append(row)
+    return _summarise(stats)
+
+
+def elbo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
+    """SPG-like ablation: the denoising loss of each generated trajectory at one random noise level
+    (the negative ELBO up to constants) weighted by its advantage, `elbo_surrogate_loss`. Keeps
+    GRPO's group-relative std-normalised advantages; drops the importance ratio and its clip (the
+    surrogate is on-policy) and replaces the KL by the trust cap on the push-away term. The reverse
+    chain's log-probs are not used, so rollouts may be deterministic."""
+    x0 = batch.sample.x0  # (S, R, L, C)
+    s = x0.shape[0]
+    t = torch.randint(1, schedule.T + 1, (s,), generator=generator).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    x_t = q_sample(x0, t, schedule, eps)
+    per = lambda m: (m(x_t, t, batch.puzzle, None) - x0).square().flatten(1).mean(-1)  # noqa: E731
+    with torch.no_grad():
+        loss_ref = per(ref)
+    stats = []
+    for epoch in range(cfg.inner_epochs):
+        opt.zero_grad(set_to_none=True)
+        loss_pol = per(model)
+        loss = elbo_surrogate_loss(loss_pol, loss_ref, batch.adv, cfg.elbo_negative_weight, cfg.elbo_trust)
+        loss.backward()
+        stats.append({"policy_loss": float(loss.detach()), "denoise_loss": float(loss_pol.detach().mean()),
+                      "denoise_loss_ref": float(loss_ref.mean()), "grad_norm": _step(model, opt, cfg.grad_clip),
+                      "epoch": epoch})
+    return _summarise(stats)
+
+
+UPDATES = {"grpo": grpo_update, "elbo": elbo_update}
+
+
+def _step(model, opt, grad_clip: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    opt.step()
+    return float(norm)
+
+
+def _summarise(stats: list[dict]) -> dict:
+    """Mean over inner epochs, plus the first epoch's ratio (1 up to rounding: same policy)."""
+    out = {k: sum(r[k] for r in stats) / len(stats) for k in stats[0] if k != "epoch"}
+    if "ratio_mean" in stats[0]:
+        out["ratio_first_epoch"] = stats[0]["ratio_mean"]
+    return out

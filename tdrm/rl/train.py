@@ -1,0 +1,190 @@
+"""The RL stage's loop: GRPO (or the ELBO ablation) on a distilled TDRM, with resume and evaluation.
+
+Each step draws `rl.puzzles` training puzzles (epoch e shuffled by rng (seed, 4, e)), samples
+`rl.group_size` trajectories per puzzle with stochastic DDIM (`rl.sample_steps`, `rl.eta`), decodes
+and rewards them without labels, drops groups whose rewards are all equal (zero advantage; counted)
+and updates the policy on the rest. The frozen reference is the distilled model itself.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import Params
+from ..data.board import to_tokens
+from ..data.dataset import load_split
+from ..device import resolve_device
+from ..eval.metrics import mcnemar_exact
+from ..eval.tdrm import evaluate_tdrm
+from ..tracking.base import Tracker
+from ..train import checkpoint
+from ..train.distill import generate, load_tdrm
+from ..traces.store import sha256_file
+from .grpo import group_advantages
+from .phase import UPDATES, Batch, subset
+from .reward import reward
+
+
+def _check(cfg) -> None:
+    if cfg.estimator not in UPDATES:
+        raise ValueError(f"rl.estimator must be one of {sorted(UPDATES)}, got {cfg.estimator!r}")
+    if cfg.group_size < 2:
+        raise ValueError(f"rl.group_size must be >= 2 (advantages are relative to the group), got {cfg.group_size}")
+    if cfg.estimator == "grpo" and cfg.eta <= 0 and cfg.sigma_floor <= 0:
+        raise ValueError("GRPO needs stochastic rollouts: set rl.eta > 0 or rl.sigma_floor > 0")
+    if not 0 < cfg.train_step_fraction <= 1:
+        raise ValueError(f"rl.train_step_fraction must be in (0, 1], got {cfg.train_step_fraction}")
+
+
+def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, generator: torch.Generator, device
+                  ) -> tuple[Batch | None, dict]:
+    """Sample G trajectories for each of P puzzles (digits, (P, N)); reward and advantages.
+    Returns the batch of groups with reward variance (None if none) and rollout statistics."""
+    g = cfg.group_size
+    tokens = torch.as_tensor(to_tokens(puzzles), device=device).repeat_interleave(g, 0)  # (S, N)
+    sample = generate(model, tokens, schedule, sampler="ddim", steps=cfg.sample_steps, eta=cfg.eta,
+                      generator=generator, return_path=True, sigma_floor=cfg.sigma_floor)
+    with torch.no_grad():
+        boards = codec.answer_logits(sample.x0).argmax(-1) - 1  # (S, N) digits
+    digits = torch.as_tensor(puzzles, device=device).long().repeat_interleave(g, 0)
+    r = reward(digits, boards, shape, cfg.dense_weight).view(-1, g)  # (P, G)
+    solved = (r >= 1).float()
+    adv = group_advantages(r, cfg.adv_eps, cfg.adv_clip)
+    keep = r.std(-1, unbiased=False) > 0  # (P,)
+    stats = {"reward_mean": float(r.mean()), "reward_std": float(r.std(-1, unbiased=False).mean()),
+             "solve_rate": float(solved.mean()), "skipped_groups": int((~keep).sum()),
+             "groups": int(keep.numel())}
+    if not keep.any():
+        return None, stats
+    idx = keep.repeat_interleave(g).nonzero().squeeze(-1)
+    return Batch(tokens[idx], subset(sample, idx), adv.reshape(-1)[idx], model.cfg.self_cond), stats
+
+
+def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_path: str | Path, *,
+             resume_path: str | Path | None = None, tracker: Tracker | None = None, progress: bool = True,
+             log_every: int = 1) -> dict:
+    """Writes `out_path` (a TDRM checkpoint whose weights are the RL policy; `tdrm eval` reads it
+    and defaults to the rollout's number of steps) and returns metrics with the training history."""
+    cfg, tracker = params.rl, tracker or Tracker()
+    _check(cfg)
+    device = resolve_device(params.common.device)
+    model, codec, schedule, ck = load_tdrm(tdrm_path, device)
+    for p in codec.teacher.parameters():
+        p.requires_grad_(False)
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
+    if train.shape.cells != codec.teacher.cells:
+        raise ValueError(f"size mismatch: {tdrm_path} models {codec.teacher.cells}-cell boards, "
+                         f"{data_dir} holds {train.shape.cells}-cell puzzles")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(params.common.seed)
+    update = UPDATES[cfg.estimator]
+    step, epoch, pos, history = 0, 0, 0, []
+    key = {"rl": asdict(cfg), "seed": params.common.seed, "tdrm_sha256": sha256_file(Path(tdrm_path))}
+    resume_path = Path(resume_path) if resume_path else None
+    if resume_path and resume_path.is_file():
+        rk = checkpoint.load(resume_path, map_location=device)
+        if rk.get("resume_key") == key:
+            model.load_state_dict(rk["model"])
+            opt.load_state_dict(rk["optimizer"])
+            gen.set_state(rk["generator"])
+            step, epoch, pos, history = rk["step"], rk["epoch"], rk["pos"], rk["history"]
+            print(f"resuming from {resume_path} at step {step}")
+        else:
+            print(f"ignoring {resume_path}: it belongs to another config or model")
+    val_set = val.take(np.arange(min(cfg.val_limit, len(val))))
+
+    def val_accuracy() -> float:
+        model.eval()
+        r = evaluate_tdrm(model, codec, schedule, val_set, sampler="ddim", steps=cfg.sample_steps, eta=0.0,
+                          samples=1, seed=params.common.seed + 1, batch_size=256, device=device)
+        return r["exact_accuracy"]
+
+    def save(path: Path, final: bool) -> None:
+        dcfg = {**ck["config"]["distill"], "sampler": "ddim", "sample_steps": cfg.sample_steps, "eta": 0.0}
+        payload = {**{k: v for k, v in ck.items() if k not in ("format", "optimizer", "generator")},
+                   "model": model.state_dict(), "ema": model.state_dict(), "step": step,
+                   "config": {**ck["config"], "distill": dcfg, "rl": asdict(cfg)},
+                   "rl": {"from": str(tdrm_path), "from_sha256": key["tdrm_sha256"], "history": history}}
+        if not final:
+            payload.update(optimizer=opt.state_dict(), generator=gen.get_state(), epoch=epoch, pos=pos,
+                           resume_key=key, history=history)
+        checkpoint.save(path, payload)
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"rl {cfg.estimator}", disable=not progress, mininterval=2)
+    window: list[dict] = []
+    while step < cfg.steps:
+        order = np.random.default_rng([params.common.seed, 4, epoch]).permutation(len(train))
+        if pos + cfg.puzzles > len(order):
+            epoch, pos = epoch + 1, 0
+            continue
+        idx = order[pos:pos + cfg.puzzles]
+        pos += cfg.puzzles
+        model.eval()
+        batch, stats = rollout_batch(model, codec, schedule, train.puzzles[idx], train.shape, cfg, gen, device)
+        if batch is not None:
+            model.train()
+            stats.update(update(model, ref, opt, batch, schedule, cfg, gen))
+        step += 1
+        bar.update(1)
+        window.append(stats)
+        if step % log_every == 0 or step == cfg.steps:
+            keys = dict.fromkeys(k for w in window for k in w)
+            row = {"step": step, **{k: float(np.mean([w[k] for w in window if k in w])) for k in keys},
+                   "minutes": (time.perf_counter() - t0) / 60}
+            row["skipped_groups"] = float(sum(w["skipped_groups"] for w in window))
+            window = []
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                row["val_exact"] = val_accuracy()
+            for name, v in row.items():
+                if name != "step":
+                    tracker.log_scalar(f"rl.{name}", v, step)
+            history.append(row)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", solved=f"{row['solve_rate']:.3f}")
+        if resume_path and cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+            save(resume_path, final=False)
+    bar.close()
+    save(Path(out_path), final=True)
+    if resume_path and resume_path.is_file():
+        resume_path.unlink()
+    return {"steps": step, "minutes": (time.perf_counter() - t0) / 60, "history": history}
+
+
+def before_after(params: Params, tdrm_path, rl_path, data_dir, device, progress: bool = True
+                 ) -> tuple[dict, list[dict]]:
+    """Test-split exact accuracy of the distilled and the RL model (deterministic DDIM) at each of
+    `rl.eval_steps` sampling steps, with CIs; the paired test at the rollout setting."""
+    cfg = params.rl
+    test = load_split(data_dir, "test")
+    if cfg.eval_limit is not None:
+        test = test.take(np.arange(min(cfg.eval_limit, len(test))))
+    models = {name: load_tdrm(path, device) for name, path in (("before", tdrm_path), ("after", rl_path))}
+    steps = sorted(set(cfg.eval_steps) | {cfg.sample_steps})
+    rows, at = [], {}
+    for s in steps:
+        row = {"sampling_steps": s}
+        for name, (m, codec, sched, _) in models.items():
+            r = evaluate_tdrm(m, codec, sched, test, sampler="ddim", steps=s, eta=0.0, samples=1,
+                              seed=params.common.seed, batch_size=256, device=device, progress=progress)
+            row[f"{name}_exact_accuracy"] = r["exact_accuracy"]
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = r["ci95"]
+            if s == cfg.sample_steps:
+                at[name] = r
+        rows.append(row)
+    b, a = at["before"], at["after"]
+    metrics = {"n": len(test), "sampling_steps": cfg.sample_steps,
+               "before": {"exact_accuracy": b["exact_accuracy"], "ci95": b["ci95"]},
+               "after": {"exact_accuracy": a["exact_accuracy"], "ci95": a["ci95"]},
+               "difference_points": 100 * (a["exact_accuracy"] - b["exact_accuracy"]),
+               "paired_after_vs_before": mcnemar_exact(list(a["correct"]), list(b["correct"])),
+               "accuracy_by_sampling_steps": rows}
+    return metrics, rows

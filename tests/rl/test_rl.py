@@ -1,0 +1,233 @@
+"""GRPO pieces against hand-computed cases, the update's invariants on real rollouts, a toy problem
+where one RL phase really raises the reward, and the stage on the tiny profile."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tdrm.data.board import SHAPES, parse
+from tdrm.diffusion.logprob import gaussian_log_prob
+from tdrm.diffusion.schedules import make_schedule
+from tdrm.rl.grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl, group_advantages
+from tdrm.rl.phase import Batch, elbo_update, grpo_update, step_log_prob
+from tdrm.rl.reward import constraints, reward, solved
+from tdrm.train.distill import generate
+
+SOL = "1234341221434321"
+
+
+def _b(s):
+    return torch.as_tensor(parse(s)).long()
+
+
+def test_reward_checks_solution_units_and_givens_without_labels():
+    puz = _b("1...............")
+    sol = _b(SOL)
+    swapped = sol.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]  # rows still permutations, two columns and the given broken
+    other = _b("2143432112343412")  # a valid grid that changes the given
+    boards = torch.stack([sol, swapped, other])
+    assert solved(puz.expand(3, -1), boards, SHAPES[16]).tolist() == [True, False, False]
+    sat, tot = constraints(puz.expand(3, -1), boards, SHAPES[16])
+    # 12 units x 4 digits + 1 given = 49; swapping cells 0,1 breaks digits 1,2 in columns 0,1 (4)
+    # and both boxes keep them; the given is lost: 49 - 4 - 1 = 44. `other` only loses the given.
+    assert tot.tolist() == [49, 49, 49] and sat.tolist() == [49, 44, 48]
+    r = reward(puz.expand(3, -1), boards, SHAPES[16], dense_weight=0.1)
+    assert torch.allclose(r, torch.tensor([1.1, 0.1 * 44 / 49, 0.1 * 48 / 49]))
+    zeros = torch.zeros_like(sol)[None]  # out-of-range digits satisfy nothing
+    assert constraints(puz[None], zeros, SHAPES[16])[0].item() == 0
+
+
+def test_group_advantages_normalise_and_constant_groups_get_zero():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.3, 0.3, 0.3, 0.3]])
+    a = group_advantages(r, eps=0.0)
+    assert torch.allclose(a[0], torch.tensor([1.0, -1.0, -1.0, 1.0])) and torch.equal(a[1], torch.zeros(4))
+    big = group_advantages(torch.tensor([[10.0] + [0.0] * 99]), eps=0.0, clip=5.0)
+    assert big.max().item() == 5.0
+
+
+def test_clipped_ratio_loss_hand_case():
+    ratio = torch.tensor([1.0005, 1.002, 0.998], dtype=torch.float64)  # float64: r - 1 - log r cancels
+    old = torch.tensor([-1.0, -2.0, -3.0], dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64)
+    loss, st = clipped_ratio_loss(old + ratio.log(), old, adv, clip=1e-3)
+    # min(rA, clip(r)A): 1.0005 | min(-1.002, -1.001) = -1.002 | min(1.996, 1.998) = 1.996
+    assert math.isclose(loss.item(), -(1.0005 - 1.002 + 1.996) / 3, rel_tol=1e-6)
+    assert math.isclose(st["clip_fraction"], 2 / 3, rel_tol=1e-6)
+    k3 = sum(r - 1 - math.log(r) for r in (1.0005, 1.002, 0.998)) / 3
+    assert math.isclose(st["approx_kl"], k3, rel_tol=1e-6)
+
+
+def test_gaussian_kl_closed_form_and_zero_at_reference():
+    m = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(gaussian_kl(m, m, 0.3), torch.zeros(3))
+    ref = m + 0.1
+    want = torch.distributions.kl_divergence(torch.distributions.Normal(m.double(), 0.3),
+                                             torch.distributions.Normal(ref.double(), 0.3)).flatten(1).mean(-1)
+    assert torch.allclose(gaussian_kl(m, ref, 0.3).double(), want)
+
+
+def test_elbo_surrogate_signs_and_trust_cap():
+    lp = torch.tensor([1.0, 1.0, 2.0], requires_grad=True)
+    ref = torch.tensor([1.0, 1.0, 1.0])
+    adv = torch.tensor([1.0, -1.0, -1.0])
+    loss = elbo_surrogate_loss(lp, ref, adv, negative_weight=0.5, trust=0.1)
+    loss.backward()
+    # positive: lower its denoising loss; negative below the cap: raise it; above the cap: no push
+    assert lp.grad.tolist() == pytest.approx([1 / 3, -0.5 / 3, 0.0])
+
+
+class Toy(torch.nn.Module):
+    """x0_hat = a learned point + x_t / 2: a policy whose chain ends randomly around the point."""
+
+    K, L, C = 1, 1, 2
+    cfg = SimpleNamespace(self_cond=False)
+
+    def __init__(self):
+        super().__init__()
+        self.point = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, x_t, t, puzzle, prev=None):
+        return self.point + 0.5 * x_t
+
+
+def _toy_phase(estimator, phases=15, seed=0):
+    torch.manual_seed(0)
+    target = torch.tensor([1.0, -1.0])
+    model = Toy()
+    ref = Toy().requires_grad_(False)
+    sched = make_schedule("cosine", 20)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    cfg = SimpleNamespace(clip=0.2, beta=0.0, eta=1.0, sigma_floor=0.0, inner_epochs=2, train_step_fraction=1.0,
+                          grad_clip=0.0, elbo_negative_weight=0.5, elbo_trust=0.5)
+    gen = torch.Generator().manual_seed(seed)
+    update = {"grpo": grpo_update, "elbo": elbo_update}[estimator]
+    means = []
+    for _ in range(phases):
+        puzzle = torch.zeros(32, 1, dtype=torch.long)  # 4 groups of 8
+        s = generate(model, puzzle, sched, sampler="ddim", steps=5, eta=1.0, generator=gen, return_path=True)
+        r = -(s.x0.reshape(32, 2) - target).square().sum(-1)
+        means.append(r.mean().item())
+        update(model, ref, opt, Batch(puzzle, s, group_advantages(r.view(4, 8)).reshape(-1), False), sched, cfg, gen)
+    return means
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "elbo"])
+def test_one_rl_phase_on_a_toy_problem_raises_the_mean_reward(estimator):
+    a = _toy_phase(estimator)
+    assert np.mean(a[-3:]) > np.mean(a[:3]) + 1.0, a  # starts near -2 (the point at 0, target at (1, -1))
+    assert _toy_phase(estimator) == a  # seeded
+
+
+def test_update_starts_at_ratio_one_and_zero_kl_to_itself():
+    from tdrm.config import Denoiser as DenoiserConfig
+    from tdrm.models.denoiser import Denoiser
+    model = Denoiser(DenoiserConfig(hidden=16, layers=2, heads=2, self_cond=True), 2, 5, 3, 7)
+    ref = Denoiser(DenoiserConfig(hidden=16, layers=2, heads=2, self_cond=True), 2, 5, 3, 7).requires_grad_(False)
+    with torch.no_grad():  # leave adaLN-Zero's start so the step means depend on the weights
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    ref.load_state_dict(model.state_dict())
+    sched = make_schedule("cosine", 30)
+    puzzle = torch.randint(0, 7, (6, 5), generator=torch.Generator().manual_seed(1))
+    s = generate(model, puzzle, sched, sampler="ddim", steps=4, eta=1.0, generator=torch.Generator().manual_seed(2),
+                 return_path=True)
+    batch = Batch(puzzle, s, torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0]), True)
+    for i, st in enumerate(s.path[:-1]):  # the last step is deterministic
+        lp, _, sigma = step_log_prob(model, batch, i, sched, 1.0, 0.0)
+        old = gaussian_log_prob(st.x_prev, st.mean, st.sigma, reduce="mean")
+        assert sigma == st.sigma and torch.allclose(lp, old, rtol=0, atol=1e-9)
+    cfg = SimpleNamespace(clip=1e-3, beta=0.02, eta=1.0, sigma_floor=0.0, inner_epochs=1, train_step_fraction=1.0,
+                          grad_clip=1.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    st = grpo_update(model, ref, opt, batch, sched, cfg, torch.Generator().manual_seed(0))
+    assert st["ratio_first_epoch"] == pytest.approx(1.0, abs=1e-9) and st["kl"] == 0.0
+    assert st["grad_norm"] > 0 and any(not torch.equal(a, b) for a, b in
+                                       zip(model.state_dict().values(), ref.state_dict().values()))
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    """A tiny teacher, its traces and a briefly distilled TDRM (the stage's input)."""
+    from tdrm.config import Traces
+    from tdrm.pipeline import load_teacher
+    from tdrm.traces.record import record
+    from tdrm.train.distill import train_distill
+
+    from ..conftest import tiny_params, tiny_teacher
+    d = tmp_path_factory.mktemp("rl")
+    tiny_teacher(d, 60)
+    teacher, _ = load_teacher(d / "t.pt")
+    record(teacher, d / "t.pt", d, d / "tr", Traces(limit=20, shard_size=16), 0, "cpu", progress=False)
+    train_distill(tiny_params({"distill": {"steps": 20, "eval_every": 0}}), d / "tr", teacher, d / "tdrm.pt",
+                  progress=False)
+    return d
+
+
+def test_rl_stage_on_the_tiny_profile(distilled, tiny_params_file, tmp_path):
+    from tdrm.pipeline import rl_stage
+    from tdrm.train.distill import load_tdrm
+    d = distilled
+    m = rl_stage(str(tiny_params_file), str(d), str(d / "tdrm.pt"), str(tmp_path / "rl.pt"),
+                 str(tmp_path / "rl.json"), str(tmp_path / "plots"), resume_dir=str(tmp_path / "ck"))
+    saved = json.loads((tmp_path / "rl.json").read_text())
+    assert saved["train_steps"] == 6 and saved["n"] == 100 and saved["group_size"] == 16
+    assert saved["sampling_steps"] == 4 and [r["sampling_steps"] for r in saved["accuracy_by_sampling_steps"]] == [1, 4]
+    for k in ("exact_accuracy_before", "exact_accuracy_after", "final_reward_mean"):
+        assert 0.0 <= saved[k] <= 1.1, k
+    assert set(saved["paired_after_vs_before"]) == {"only_first", "only_second", "p_value"}
+    assert m["sacred_run_id"] is not None
+    rows = (tmp_path / "plots" / "rl_train.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and "reward_mean" in rows[0] and "skipped_groups" in rows[0] and len(rows) == 7
+    from PIL import Image
+    assert Image.open(tmp_path / "plots" / "rl.png").size == (900, 350)
+    model, codec, sched, ck = load_tdrm(tmp_path / "rl.pt")  # `tdrm eval` reads it, at the rollout setting
+    assert ck["config"]["distill"]["sample_steps"] == 4 and ck["config"]["rl"]["estimator"] == "grpo"
+    assert not (tmp_path / "ck" / "rl-resume.pt").exists()
+
+
+class Crash:
+    run_id = None
+
+    def log_scalar(self, name, value, step):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    def add_artifact(self, *a):
+        pass
+
+    def info(self, *a):
+        pass
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "elbo"])
+def test_rl_resume_gives_identical_weights(distilled, tmp_path, estimator):
+    from tdrm.rl.train import train_rl
+    from tdrm.train import checkpoint
+
+    from ..conftest import tiny_params
+    d = distilled
+    p = tiny_params({"rl": {"eval_every": 0, "group_size": 4, "estimator": estimator}})
+    train_rl(p, d / "tdrm.pt", d, tmp_path / "a.pt", resume_path=tmp_path / "ra.pt", progress=False, log_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(p, d / "tdrm.pt", d, tmp_path / "b.pt", resume_path=tmp_path / "rb.pt", tracker=Crash(),
+                 progress=False, log_every=1)
+    assert checkpoint.load(tmp_path / "rb.pt")["step"] == 4
+    train_rl(p, d / "tdrm.pt", d, tmp_path / "b.pt", resume_path=tmp_path / "rb.pt", progress=False, log_every=1)
+    a, b = checkpoint.load(tmp_path / "a.pt"), checkpoint.load(tmp_path / "b.pt")
+    assert any(not torch.equal(a["model"][k], checkpoint.load(d / "tdrm.pt")["ema"][k]) for k in a["model"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_rl_refuses_bad_settings(distilled, tmp_path):
+    from tdrm.rl.train import train_rl
+
+    from ..conftest import tiny_params
+    for over, msg in [({"estimator": "ppo"}, "rl.estimator"), ({"group_size": 1}, "group_size"),
+                      ({"eta": 0.0}, "stochastic rollouts")]:
+        with pytest.raises(ValueError, match=msg):
+            train_rl(tiny_params({"rl": over}), distilled / "tdrm.pt", distilled, tmp_path / "x.pt", progress=False)
