@@ -70,6 +70,7 @@ def test_repro_push_pull_roundtrip(tmp_path, s3):
     assert (proj / "dvc.lock").exists() and (proj / "metrics" / "teacher.json").exists()
     ckpt = (proj / "models" / "teacher.pt").read_bytes()
     tdrm_ckpt = (proj / "models" / "tdrm.pt").read_bytes()
+    rl_ckpt = (proj / "models" / "tdrm_rl.pt").read_bytes()
     compared = json.loads((proj / "metrics" / "tdrm.json").read_text())
     assert compared["n"] == 100 and 0.0 <= compared["tdrm"]["exact_accuracy"] <= 1.0
     manifest = (proj / "traces" / "manifest.json").read_bytes()
@@ -83,6 +84,7 @@ def test_repro_push_pull_roundtrip(tmp_path, s3):
     _dvc(proj, "pull")
     assert (proj / "models" / "teacher.pt").read_bytes() == ckpt
     assert (proj / "models" / "tdrm.pt").read_bytes() == tdrm_ckpt
+    assert (proj / "models" / "tdrm_rl.pt").read_bytes() == rl_ckpt
     assert (proj / "traces" / "manifest.json").read_bytes() == manifest
     assert (proj / "data" / "sudoku" / "meta.json").exists()
     # the traces dataset comes back intact: its manifest and every shard checksum verify
