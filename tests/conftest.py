@@ -11,6 +11,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = ROOT.parent / "shared" / "data" / "sudoku"
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CPU tensors; set before import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

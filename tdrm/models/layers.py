@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from kernels.add_rmsnorm import add_rmsnorm
+
 # std of a standard normal truncated to [-2, 2]; dividing by it keeps the requested std
 _TRUNC_STD = 0.8796256610342398
 
@@ -98,7 +100,8 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Post-norm block: h = rms(h + mix(h)); h = rms(h + SwiGLU(h)).
+    """Post-norm block: h = rms(h + mix(h)); h = rms(h + SwiGLU(h)), each residual add + RMSNorm
+    one fused op (`kernels.add_rmsnorm`: Triton on CUDA, its plain-torch reference elsewhere).
 
     `mix` is either attention over positions or MLP-t: a SwiGLU applied along the sequence
     axis (transpose, mix, residual + RMSNorm over the sequence axis, transpose back), as in
@@ -120,8 +123,8 @@ class Block(nn.Module):
     def forward(self, h: torch.Tensor, rope=None) -> torch.Tensor:
         if self.mixer == "mlp_t":
             t = rearrange(h, "b l d -> b d l")
-            t = rms_norm(t + self.mix(t), self.eps)  # normalised over the sequence axis
+            t = add_rmsnorm(t, self.mix(t), self.eps)  # normalised over the sequence axis
             h = rearrange(t, "b d l -> b l d")
         else:
-            h = rms_norm(h + self.mix(h, rope), self.eps)
-        return rms_norm(h + self.mlp(h), self.eps)
+            h = add_rmsnorm(h, self.mix(h, rope), self.eps)
+        return add_rmsnorm(h, self.mlp(h), self.eps)
