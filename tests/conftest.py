@@ -52,3 +52,15 @@ def tiny_teacher(tmp_dir: Path, steps: int):
     build(p.data, tmp_dir, progress=False)
     train_teacher(p, tmp_dir, tmp_dir / "t.pt", progress=False)
     return p
+
+
+def crash_at(step: int):
+    """A tracker that raises KeyboardInterrupt (a kill) when anything is logged at `step`."""
+    from tdrm.tracking.base import Tracker
+
+    class Crash(Tracker):
+        def log_scalar(self, name, value, s):
+            if s == step:
+                raise KeyboardInterrupt
+
+    return Crash()

@@ -55,22 +55,18 @@ class Layout:
     def rows_per_step(self) -> int:
         return self.T if self.state == "z" else 1
 
-    def select(self, shard: dict[str, np.ndarray], dtype: str) -> torch.Tensor:
-        """(M, R, L, C) float32 modelled rows of a shard with fields y, z."""
-        if self.state == "y":
-            return from_numpy(shard["y"], dtype)
-        z = from_numpy(shard["z"], dtype)
-        if self.state == "yz":
-            return torch.cat([from_numpy(shard["y"], dtype), z], dim=-1)
-        if self.inner:  # (M, K, T*n, L, C) -> cycle ends (M, K*T, L, C)
-            z = z[:, :, self.n - 1::self.n]
-            return z.reshape(z.shape[0], -1, *z.shape[3:])
-        return z
-
 
 def state_tensor(shard: dict[str, np.ndarray], layout: Layout, dtype: str) -> torch.Tensor:
-    """(M, R, L, C) float32: the modelled rows of a shard."""
-    return layout.select(shard, dtype)
+    """(M, R, L, C) float32: the modelled rows of a shard with fields y, z."""
+    if layout.state == "y":
+        return from_numpy(shard["y"], dtype)
+    z = from_numpy(shard["z"], dtype)
+    if layout.state == "yz":
+        return torch.cat([from_numpy(shard["y"], dtype), z], dim=-1)
+    if layout.inner:  # (M, K, T*n, L, C) -> cycle ends (M, K*T, L, C)
+        z = z[:, :, layout.n - 1::layout.n]
+        return z.reshape(z.shape[0], -1, *z.shape[3:])
+    return z
 
 
 @dataclass

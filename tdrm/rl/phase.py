@@ -9,7 +9,7 @@ Shapes: S samples (= P puzzles x G group), R rows, L positions, C channels, N ce
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -31,7 +31,6 @@ class Batch:
 
 def subset(sample: Sample, idx: torch.Tensor) -> Sample:
     """The rows `idx` of every tensor of a sampled path."""
-    from dataclasses import replace
     take = lambda v: v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v  # noqa: E731
     return Sample(sample.x0[idx], [replace(s, **{k: take(getattr(s, k)) for k in
                                                 ("x_t", "x0_hat", "mean", "x_prev", "log_prob")}) for s in sample.path])

@@ -145,17 +145,13 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
             window = []
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 row["val_exact"] = val_accuracy()
-            for name, v in row.items():
-                if name != "step":
-                    tracker.log_scalar(f"rl.{name}", v, step)
+            tracker.log_row("rl", row)
             history.append(row)
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", solved=f"{row['solve_rate']:.3f}")
         if resume_path and cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
             save(resume_path, final=False)
     bar.close()
-    save(Path(out_path), final=True)
-    if resume_path and resume_path.is_file():
-        resume_path.unlink()
+    checkpoint.finish(save, out_path, resume_path)
     return {"steps": step, "minutes": (time.perf_counter() - t0) / 60, "history": history}
 
 

@@ -16,6 +16,12 @@ class Tracker:
     def info(self, key: str, value) -> None:
         pass
 
+    def log_row(self, prefix: str, row: dict) -> None:
+        """Every entry of a history row but `step`, as `prefix.name` at that step."""
+        for name, v in row.items():
+            if name != "step":
+                self.log_scalar(f"{prefix}.{name}", v, row["step"])
+
 
 class MemoryTracker(Tracker):
     """Keeps logged scalars in memory (tests)."""

@@ -50,3 +50,10 @@ def restore(path, key: dict, device, model, ema, opt, generator) -> dict | None:
     generator.set_state(ck["generator"])
     print(f"resuming from {path} at step {ck['step']}")
     return ck
+
+
+def finish(save, out_path, resume_path) -> None:
+    """End of a training loop: `save(path, final=True)` to `out_path`, then drop the resume file."""
+    save(Path(out_path), final=True)
+    if resume_path and Path(resume_path).is_file():
+        Path(resume_path).unlink()

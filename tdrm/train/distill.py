@@ -190,17 +190,13 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 row["val_exact_ema"], row["val_cell_ema"] = evaluate_ema()
                 model.train()
-            for name, v in row.items():
-                if name != "step":
-                    tracker.log_scalar(f"distill.{name}", v, step)
+            tracker.log_row("distill", row)
             history.append(row)
             bar.set_postfix(mse=f"{row['mse']:.3f}", ce=f"{row['ce']:.3f}")
         if resume_path and cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
             save(resume_path, final=False)
     bar.close()
-    save(Path(out_path), final=True)
-    if resume_path and resume_path.is_file():
-        resume_path.unlink()
+    checkpoint.finish(save, out_path, resume_path)
     last = history[-1] if history else {}
     return {"steps": step, "minutes": (time.perf_counter() - t0) / 60, "final_mse": last.get("mse"),
             "final_ce": last.get("ce"), "val_exact_accuracy_ema": last.get("val_exact_ema"),

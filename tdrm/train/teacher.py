@@ -170,9 +170,7 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
             save(resume_path, final=False)
     bar.close()
     elapsed = time.perf_counter() - t_start
-    save(Path(out_path), final=True)
-    if resume_path and resume_path.is_file():
-        resume_path.unlink()
+    checkpoint.finish(save, out_path, resume_path)
     last_val = next((h["val_exact_ema"] for h in reversed(history) if "val_exact_ema" in h), None)
     return {"steps": step, "minutes": elapsed / 60, "params": count_params(model),
             "final_lm_loss": history[-1]["lm_loss"] if history else None,

@@ -189,31 +189,17 @@ def test_rl_stage_on_the_tiny_profile(distilled, tiny_params_file, tmp_path):
     assert not (tmp_path / "ck" / "rl-resume.pt").exists()
 
 
-class Crash:
-    run_id = None
-
-    def log_scalar(self, name, value, step):
-        if step == 5:
-            raise KeyboardInterrupt
-
-    def add_artifact(self, *a):
-        pass
-
-    def info(self, *a):
-        pass
-
-
 @pytest.mark.parametrize("estimator", ["grpo", "elbo"])
 def test_rl_resume_gives_identical_weights(distilled, tmp_path, estimator):
     from tdrm.rl.train import train_rl
     from tdrm.train import checkpoint
 
-    from ..conftest import tiny_params
+    from ..conftest import crash_at, tiny_params
     d = distilled
     p = tiny_params({"rl": {"eval_every": 0, "group_size": 4, "estimator": estimator}})
     train_rl(p, d / "tdrm.pt", d, tmp_path / "a.pt", resume_path=tmp_path / "ra.pt", progress=False, log_every=1)
     with pytest.raises(KeyboardInterrupt):
-        train_rl(p, d / "tdrm.pt", d, tmp_path / "b.pt", resume_path=tmp_path / "rb.pt", tracker=Crash(),
+        train_rl(p, d / "tdrm.pt", d, tmp_path / "b.pt", resume_path=tmp_path / "rb.pt", tracker=crash_at(5),
                  progress=False, log_every=1)
     assert checkpoint.load(tmp_path / "rb.pt")["step"] == 4
     train_rl(p, d / "tdrm.pt", d, tmp_path / "b.pt", resume_path=tmp_path / "rb.pt", progress=False, log_every=1)

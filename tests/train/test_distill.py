@@ -4,12 +4,12 @@ import torch
 
 from tdrm.config import Traces
 from tdrm.pipeline import load_teacher
-from tdrm.tracking.base import MemoryTracker, Tracker
+from tdrm.tracking.base import MemoryTracker
 from tdrm.traces.record import record
 from tdrm.train import checkpoint
 from tdrm.train.distill import generate, load_tdrm, train_distill
 
-from ..conftest import tiny_params, tiny_teacher
+from ..conftest import crash_at, tiny_params, tiny_teacher
 
 LEARN_STEPS = 300
 DISTILL = {"steps": 120, "batch": 32, "eval_every": 60, "eval_limit": 10, "T": 50, "sample_steps": 5,
@@ -42,18 +42,12 @@ def test_denoising_loss_falls_and_checkpoint_samples(setup, tmp_path):
         load_tdrm(d / "t.pt")
 
 
-class Crash(Tracker):
-    def log_scalar(self, name, value, step):
-        if step == 100:
-            raise KeyboardInterrupt
-
-
 def test_distill_resume_gives_identical_weights(setup, tmp_path):
     p, d, teacher = setup
     p = tiny_params({"distill": {**DISTILL, "eval_every": 0}})
     train_distill(p, d / "tr", teacher, tmp_path / "a.pt", resume_path=tmp_path / "ra.pt", progress=False, log_every=20)
     with pytest.raises(KeyboardInterrupt):
-        train_distill(p, d / "tr", teacher, tmp_path / "b.pt", resume_path=tmp_path / "rb.pt", tracker=Crash(),
+        train_distill(p, d / "tr", teacher, tmp_path / "b.pt", resume_path=tmp_path / "rb.pt", tracker=crash_at(100),
                       progress=False, log_every=20)
     assert checkpoint.load(tmp_path / "rb.pt")["step"] == 80
     train_distill(p, d / "tr", teacher, tmp_path / "b.pt", resume_path=tmp_path / "rb.pt", progress=False, log_every=20)
