@@ -15,6 +15,21 @@ if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CP
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _kernel_path(request, monkeypatch):
+    """Model and pipeline tests run the plain-torch reference ops; tests/kernels choose for themselves."""
+    if "kernels" not in request.node.path.parts:
+        monkeypatch.setenv("TDRM_KERNELS", "torch")
+
+
 @pytest.fixture(autouse=True)
 def _runs_dir(tmp_path, monkeypatch):
     """Sacred runs of tests go to a temporary FileStorage directory, never to runs/."""

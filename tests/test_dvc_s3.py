@@ -47,7 +47,7 @@ def _scratch_project(tmp_path):
     proj.mkdir()
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, proj / name)
-    for d in ("stages", "tdrm"):
+    for d in ("stages", "tdrm", "kernels"):
         shutil.copytree(ROOT / d, proj / d, ignore=shutil.ignore_patterns("__pycache__"))
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["profile"] = "tiny"

@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from kernels.adaln import adaln
+from kernels.attention import attention
+
 from ..config import Denoiser as DenoiserConfig
 from .layers import Linear, SwiGLU, trunc_normal_
 
@@ -31,11 +34,6 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (B, N, D) with per-sample shift/scale (B, D)."""
-    return x * (1 + scale[:, None]) + shift[:, None]
-
-
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, g=None):
         super().__init__()
@@ -46,7 +44,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, S, D): attention over S for each of N sequences."""
         q, k, v = rearrange(self.qkv(x), "n s (three h e) -> three n h s e", three=3, h=self.heads)
-        o = F.scaled_dot_product_attention(q, k, v)  # (N, H, S, E)
+        o = attention(q, k, v)  # (N, H, S, E), kernels.attention
         return self.out(rearrange(o, "n h s e -> n s (h e)"))
 
 
@@ -67,7 +65,8 @@ class DenoiserBlock(nn.Module):
         """h (B, K1, L, D), temb (B, D)."""
         b, k1, l, d = h.shape
         s1, c1, g1, s2, c2, g2 = self.ada(F.silu(temb)).chunk(6, dim=-1)  # each (B, D)
-        x = modulate(F.layer_norm(h.reshape(b, k1 * l, d), (d,)), s1, c1).reshape(b, k1, l, d)
+        hf = h.reshape(b, k1 * l, d)  # (B, N, D) tokens
+        x = adaln(hf, s1, c1)[1].reshape(b, k1, l, d)  # modulate(layer_norm(h)), kernels.adaln
         if self.axis == "all":
             a = self.attn(x.reshape(b, k1 * l, d)).reshape(b, k1, l, d)
         elif self.axis == "cells_mlp":
@@ -76,9 +75,9 @@ class DenoiserBlock(nn.Module):
             a = rearrange(self.attn(rearrange(x, "b k l d -> (b l) k d")), "(b l) k d -> b k l d", b=b)
         else:
             a = rearrange(self.attn(rearrange(x, "b k l d -> (b k) l d")), "(b k) l d -> b k l d", b=b)
-        h = h + g1[:, None, None] * a
-        x = modulate(F.layer_norm(h.reshape(b, k1 * l, d), (d,)), s2, c2).reshape(b, k1, l, d)
-        return h + g2[:, None, None] * self.mlp(x)
+        # h + g1 a and the next sublayer's modulated norm in one op
+        hf, x = adaln(hf, s2, c2, a.reshape(b, k1 * l, d), g1)
+        return (hf + g2[:, None] * self.mlp(x)).reshape(b, k1, l, d)
 
 
 class Denoiser(nn.Module):
@@ -130,5 +129,5 @@ class Denoiser(nn.Module):
             h = blk(h, temb)
         shift, scale = self.final_ada(F.silu(temb)).chunk(2, dim=-1)
         d = self.cfg.hidden
-        h = modulate(F.layer_norm(h[:, 1:].reshape(b, -1, d), (d,)), shift, scale)
+        h = adaln(h[:, 1:].reshape(b, -1, d), shift, scale)[1]  # modulate(layer_norm(.)), kernels.adaln
         return self.out(h).reshape(b, self.K, self.L, self.C)

@@ -12,6 +12,9 @@ from einops import rearrange
 from torch import nn
 
 from kernels.add_rmsnorm import add_rmsnorm
+from kernels.attention import attention
+from kernels.mlp_t import mlp_t
+from kernels.swiglu import swiglu
 
 # std of a standard normal truncated to [-2, 2]; dividing by it keeps the requested std
 _TRUNC_STD = 0.8796256610342398
@@ -61,7 +64,7 @@ class SwiGLU(nn.Module):
         self.down = Linear(inter, dim, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(swiglu(self.gate(x), self.up(x)))  # silu(gate) * up, kernels.swiglu
 
 
 def rope_tables(seq: int, dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,13 +73,6 @@ def rope_tables(seq: int, dim: int, base: float = 10000.0) -> tuple[torch.Tensor
     freqs = torch.outer(torch.arange(seq, dtype=torch.float32), inv)  # (L, E/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (L, E)
     return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, L, E); rotate-half convention."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rot = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rot * sin).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -92,16 +88,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b l (three h e) -> three b h l e", three=3, h=self.heads)
-        if rope is not None:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v)  # (B, H, L, E)
+        o = attention(q, k, v, rope=rope)  # (B, H, L, E); RoPE on q, k inside (kernels.attention)
         return self.out(rearrange(o, "b h l e -> b l (h e)"))
 
 
 class Block(nn.Module):
     """Post-norm block: h = rms(h + mix(h)); h = rms(h + SwiGLU(h)), each residual add + RMSNorm
-    one fused op (`kernels.add_rmsnorm`: Triton on CUDA, its plain-torch reference elsewhere).
+    one fused op (`kernels.add_rmsnorm`: Triton on CUDA, its plain-torch reference elsewhere);
+    the whole MLP-t sublayer is one op too (`kernels.mlp_t`), attention is `kernels.attention`.
 
     `mix` is either attention over positions or MLP-t: a SwiGLU applied along the sequence
     axis (transpose, mix, residual + RMSNorm over the sequence axis, transpose back), as in
@@ -121,10 +115,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dim, expansion, multiple_of, generator)
 
     def forward(self, h: torch.Tensor, rope=None) -> torch.Tensor:
-        if self.mixer == "mlp_t":
-            t = rearrange(h, "b l d -> b d l")
-            t = add_rmsnorm(t, self.mix(t), self.eps)  # normalised over the sequence axis
-            h = rearrange(t, "b d l -> b l d")
+        if self.mixer == "mlp_t":  # fused: transpose, SwiGLU over L, residual, RMSNorm over L, back
+            h = mlp_t(h, self.mix.gate.weight, self.mix.up.weight, self.mix.down.weight, self.eps)
         else:
             h = add_rmsnorm(h, self.mix(h, rope), self.eps)
         return add_rmsnorm(h, self.mlp(h), self.eps)

@@ -1,0 +1,288 @@
+"""Kernel benchmark: `python -m kernels.bench [--out bench.json]`.
+
+For every op, for one whole TRM supervision step at the paper config (hidden 512, batch 768, T=3,
+n=6, MLP-t over 81 cells + 16 prefix) and for one denoiser forward/backward, times three paths:
+eager PyTorch (the plain-torch references), `torch.compile` of the same references, and the
+Triton kernels (eager, through kernels/dispatch.py); for attention also PyTorch SDPA forced to
+its flash backend. Prints ms, achieved GB/s and TFLOP/s of the Triton path and its speedups, and
+writes all of it as JSON with `--out`.
+
+Needs CUDA. Without it, it says so and exits 0, unless `--device cpu --small` asks for a smoke run
+at tiny shapes (the Triton path then runs in the interpreter, so its times mean nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+@contextlib.contextmanager
+def _kernels(mode: str):
+    old = os.environ.get("TDRM_KERNELS")
+    os.environ["TDRM_KERNELS"] = mode
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TDRM_KERNELS")
+        else:
+            os.environ["TDRM_KERNELS"] = old
+
+
+def _time(fn, device: torch.device, reps: int) -> float:
+    """Median ms per call."""
+    if device.type == "cuda":
+        import triton.testing
+        return float(triton.testing.do_bench(fn, warmup=25, rep=max(100, reps * 10), return_mode="median"))
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return 1e3 * sorted(ts)[len(ts) // 2]
+
+
+def _grad_fn(f, inputs, dout_like=None):
+    """A callable running f forward and backward (grads of the inputs that require them)."""
+    def run():
+        out = f()
+        out = out[-1] if isinstance(out, tuple) else out
+        torch.autograd.grad(out, [t for t in inputs if t.requires_grad], torch.ones_like(out))
+    return run
+
+
+class Bench:
+    def __init__(self, device, dtype, reps, compile_):
+        self.device, self.dtype, self.reps, self.compile = device, dtype, reps, compile_
+        self.rows: list[dict] = []
+
+    def row(self, name, shape, paths: dict, bytes_=0.0, flops=0.0):
+        """paths: label -> (callable, TDRM_KERNELS mode); 'compile' callables get compiled here."""
+        times = {}
+        for label, (fn, mode) in paths.items():
+            if label.startswith("compile") and not self.compile:
+                continue
+            with _kernels(mode):
+                try:
+                    times[label] = _time(fn, self.device, self.reps)
+                except Exception as e:  # a path that fails is reported, not hidden
+                    times[label] = None
+                    print(f"  {name} [{label}] failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                          file=sys.stderr)
+        t = times.get("triton")
+        r = {"op": name, "shape": shape, "ms": times}
+        if t:
+            r["GB/s"] = bytes_ / t / 1e6 if bytes_ else None
+            r["TFLOP/s"] = flops / t / 1e9 if flops else None
+            for base in ("eager", "compile", "sdpa_flash"):
+                if times.get(base):
+                    r[f"x_{base}"] = times[base] / t
+        self.rows.append(r)
+        print(_fmt(r), flush=True)
+
+
+def _fmt(r):
+    ms = r["ms"]
+    cell = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
+    return (f"{r['op']:<28} {r['shape']:<26} " + " ".join(f"{cell(ms.get(k)):>9}" for k in
+            ("eager", "compile", "sdpa_flash", "triton")) +
+            f" {cell(r.get('GB/s'), '{:.0f}'):>7} {cell(r.get('TFLOP/s'), '{:.1f}'):>7}"
+            f" {cell(r.get('x_eager'), '{:.2f}x'):>8} {cell(r.get('x_compile'), '{:.2f}x'):>8}"
+            f" {cell(r.get('x_sdpa_flash'), '{:.2f}x'):>8}")
+
+
+HEADER = (f"{'op':<28} {'shape':<26} {'eager':>9} {'compile':>9} {'sdpa_fl':>9} {'triton':>9} "
+          f"{'GB/s':>7} {'TFLOP/s':>7} {'vs eager':>8} {'vs comp':>8} {'vs flash':>8}")
+
+
+def _ops(bench: Bench, small: bool):
+    from kernels.adaln import adaln, adaln_reference
+    from kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_reference
+    from kernels.attention import attention, attention_reference
+    from kernels.mlp_t import mlp_t, mlp_t_reference
+    from kernels.swiglu import swiglu, swiglu_reference
+    from tdrm.models.layers import swiglu_width
+
+    dev, dt = bench.device, bench.dtype
+    g = torch.Generator(device=dev).manual_seed(0)
+    rn = lambda *s, grad=False: torch.randn(*s, device=dev, dtype=dt, generator=g).requires_grad_(grad)  # noqa: E731
+    cmp = (lambda f: torch.compile(f)) if bench.compile else (lambda f: f)
+    es = torch.finfo(dt).bits // 8
+    b, length, d = (4, 97, 64) if small else (768, 97, 512)
+    inter = swiglu_width(length, 4.0, 16 if small else 256)
+    shape = f"{b}x{length}x{d}"
+
+    x, r = rn(b, length, d, grad=True), rn(b, length, d, grad=True)
+    ref, comp = add_rmsnorm_reference, cmp(add_rmsnorm_reference)
+    bench.row("add_rmsnorm fwd", shape, {"eager": (lambda: ref(x, r), "torch"), "compile": (lambda: comp(x, r), "torch"),
+                                         "triton": (lambda: add_rmsnorm(x, r), "triton")}, 3 * x.numel() * es)
+    bench.row("add_rmsnorm fwd+bwd", shape, {
+        "eager": (_grad_fn(lambda: ref(x, r), [x, r]), "torch"), "compile": (_grad_fn(lambda: comp(x, r), [x, r]), "torch"),
+        "triton": (_grad_fn(lambda: add_rmsnorm(x, r), [x, r]), "triton")}, 8 * x.numel() * es)
+
+    gg, uu = rn(b * length, 4 * d, grad=True), rn(b * length, 4 * d, grad=True)
+    sref, scomp = swiglu_reference, cmp(swiglu_reference)
+    bench.row("swiglu fwd", f"{b * length}x{4 * d}", {
+        "eager": (lambda: sref(gg, uu), "torch"), "compile": (lambda: scomp(gg, uu), "torch"),
+        "triton": (lambda: swiglu(gg, uu), "triton")}, 3 * gg.numel() * es)
+    bench.row("swiglu fwd+bwd", f"{b * length}x{4 * d}", {
+        "eager": (_grad_fn(lambda: sref(gg, uu), [gg, uu]), "torch"),
+        "compile": (_grad_fn(lambda: scomp(gg, uu), [gg, uu]), "torch"),
+        "triton": (_grad_fn(lambda: swiglu(gg, uu), [gg, uu]), "triton")}, 8 * gg.numel() * es)
+
+    h = rn(b, length, d, grad=True)
+    ws = [torch.randn(inter, length, device=dev, generator=g) / length ** 0.5,
+          torch.randn(inter, length, device=dev, generator=g) / length ** 0.5,
+          torch.randn(length, inter, device=dev, generator=g) / inter ** 0.5]
+    ws = [w.to(dt).requires_grad_(True) for w in ws]
+    mflops = 6 * b * d * length * inter
+    mref, mcomp = mlp_t_reference, cmp(mlp_t_reference)
+    with torch.no_grad():
+        bench.row("mlp_t fwd (no grad)", f"{shape} I={inter}", {
+            "eager": (lambda: mref(h, *ws), "torch"), "compile": (lambda: mcomp(h, *ws), "torch"),
+            "triton": (lambda: mlp_t(h, *ws), "triton")}, 2 * h.numel() * es, mflops)
+    bench.row("mlp_t fwd+bwd", f"{shape} I={inter}", {
+        "eager": (_grad_fn(lambda: mref(h, *ws), [h, *ws]), "torch"),
+        "compile": (_grad_fn(lambda: mcomp(h, *ws), [h, *ws]), "torch"),
+        "triton": (_grad_fn(lambda: mlp_t(h, *ws), [h, *ws]), "triton")}, 0, 4 * mflops)
+
+    for (ab, heads, al) in ([(2, 2, 130)] if small else [(256, 8, 97), (64, 8, 325), (16, 8, 1300)]):
+        q, k, v = (rn(ab, heads, al, 64, grad=True) for _ in range(3))
+        aflops = 4 * ab * heads * al * al * 64
+        aref, acomp = attention_reference, cmp(attention_reference)
+
+        def flash(q=q, k=k, v=v):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v)
+        paths = {"eager": (lambda q=q, k=k, v=v: aref(q, k, v), "torch"),
+                 "compile": (lambda q=q, k=k, v=v: acomp(q, k, v), "torch"),
+                 "triton": (lambda q=q, k=k, v=v: attention(q, k, v), "triton")}
+        if dev.type == "cuda":
+            paths["sdpa_flash"] = (flash, "torch")
+        with torch.no_grad():
+            bench.row("attention fwd", f"{ab}x{heads}x{al}x64", paths, 4 * q.numel() * es, aflops)
+        bench.row("attention fwd+bwd", f"{ab}x{heads}x{al}x64",
+                  {k_: (_grad_fn(f, [q, k, v]), m) for k_, (f, m) in paths.items()}, 0, 3.5 * aflops)
+
+    nb, nt, nd = (2, 130, 64) if small else (16, 1300, 512)
+    hh, aa = rn(nb, nt, nd, grad=True), rn(nb, nt, nd, grad=True)
+    mod = rn(nb, 3 * nd, grad=True)
+    sh, sc, gt = mod.chunk(3, -1)
+    dref, dcomp = adaln_reference, cmp(adaln_reference)
+    paths = {"eager": (lambda: dref(hh, sh, sc, aa, gt), "torch"), "compile": (lambda: dcomp(hh, sh, sc, aa, gt), "torch"),
+             "triton": (lambda: adaln(hh, sh, sc, aa, gt), "triton")}
+    bench.row("adaln+gated residual fwd", f"{nb}x{nt}x{nd}", paths, 4 * hh.numel() * es)
+    bench.row("adaln+gated residual fwd+bwd", f"{nb}x{nt}x{nd}",
+              {k_: (_grad_fn(f, [hh, aa, mod]), m) for k_, (f, m) in paths.items()}, 11 * hh.numel() * es)
+
+
+def _models(bench: Bench, small: bool):
+    from tdrm.config import Denoiser as DenoiserConfig
+    from tdrm.config import Model
+    from tdrm.models.denoiser import Denoiser
+    from tdrm.models.losses import stablemax_cross_entropy
+    from tdrm.models.trm import TRM
+
+    dev, dt = bench.device, bench.dtype
+    cfg = (Model(hidden=64, heads=2, T=2, n=2, n_sup=2, prefix=2, multiple_of=16) if small else
+           Model(hidden=512, heads=8, multiple_of=256, T=3, n=6, n_sup=16, prefix=16))
+    batch, cells, vocab = (4, 36, 8) if small else (768, 81, 11)
+    trm = TRM(cfg, cells, vocab).to(dev, dt)
+    g = torch.Generator(device=dev).manual_seed(0)
+    tokens = torch.randint(0, vocab, (batch, cells), device=dev, generator=g)
+    labels = torch.randint(1, vocab, (batch, cells), device=dev, generator=g)
+
+    def trm_step():
+        x = trm.input_embedding(tokens)
+        y, z = trm.initial_state(batch)
+        y, z, logits, q = trm.step(y, z, x)
+        loss = stablemax_cross_entropy(logits, labels).mean() + 0.5 * F.binary_cross_entropy_with_logits(
+            q.float(), torch.zeros_like(q, dtype=torch.float32))
+        loss.backward()
+        return loss
+
+    # per step: T cycles of n+1 applications of f (2 blocks), the last cycle also backward (2x)
+    d, length = cfg.hidden, cfg.prefix + cells
+    inter = trm.blocks[0].mlp.gate.weight.shape[0]
+    block = 2 * batch * length * (3 * d * inter) + 2 * batch * d * 3 * length * trm.blocks[0].mix.gate.weight.shape[0]
+    applies = cfg.T * (cfg.n + 1)
+    flops = cfg.layers * block * (applies + 2 * (cfg.n + 1))
+    cstep = torch.compile(trm_step) if bench.compile else trm_step
+    bench.row("TRM supervision step", f"B{batch} D{d} T{cfg.T} n{cfg.n}", {
+        "eager": (trm_step, "torch"), "compile": (cstep, "torch"), "triton": (trm_step, "triton")}, 0, flops)
+    with torch.no_grad():
+        x = trm.input_embedding(tokens)
+        y0, z0 = trm.initial_state(batch)
+        fwd = lambda: trm.cycle(y0, z0, x)  # noqa: E731
+        cfwd = torch.compile(fwd) if bench.compile else fwd
+        bench.row("TRM no-grad cycle", f"B{batch} D{d} n{cfg.n}", {
+            "eager": (fwd, "torch"), "compile": (cfwd, "torch"), "triton": (fwd, "triton")}, 0,
+            cfg.layers * block * (cfg.n + 1))
+    del trm
+
+    dcfg = (DenoiserConfig(hidden=32, layers=2, heads=2, attention="full", cell_mixer="attention") if small else
+            DenoiserConfig(hidden=512, layers=8, heads=8, attention="full", cell_mixer="attention"))
+    k, cells_d = (3, 37) if small else (12, 97)
+    den = Denoiser(dcfg, steps=k, cells=cells_d, channels=64, vocab=vocab, prefix=1).to(dev, dt)
+    db = 2 if small else 16
+    xt = torch.randn(db, k, cells_d, 64, device=dev, dtype=dt, generator=g)
+    t = torch.randint(0, 1000, (db,), device=dev, generator=g)
+    pz = torch.randint(0, vocab, (db, cells_d - 1), device=dev, generator=g)
+
+    def den_step():
+        den(xt, t, pz).float().square().mean().backward()
+    cden = torch.compile(den_step) if bench.compile else den_step
+    bench.row("denoiser fwd+bwd", f"B{db} K{k + 1}xL{cells_d} D{dcfg.hidden}", {
+        "eager": (den_step, "torch"), "compile": (cden, "torch"), "triton": (den_step, "triton")})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", help="write the rows as JSON here")
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu with --small")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--small", action="store_true", help="tiny shapes (a smoke run; times mean nothing)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--only", choices=["ops", "models"], help="one half of the table")
+    a = ap.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("kernels.bench: no CUDA device here; the Triton kernels are measured on a GPU "
+              "(kernels/gpu_check.sh). Nothing to do.")
+        return 0
+    if a.device == "cpu" and not a.small:
+        print("kernels.bench: on CPU only --small runs (the Triton path is the interpreter)", file=sys.stderr)
+        return 2
+    if a.device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    device = torch.device(a.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    bench = Bench(device, dtype, a.reps, not a.no_compile)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (interpreter)"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"kernels.bench on {name}, {a.dtype}, torch {torch.__version__}, commit {commit}")
+    print("ms per call (median); GB/s and TFLOP/s of the Triton path; speedups = other path's ms / Triton's")
+    print(HEADER)
+    if a.only in (None, "ops"):
+        _ops(bench, a.small)
+    if a.only in (None, "models"):
+        _models(bench, a.small)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"device": name, "dtype": a.dtype, "torch": torch.__version__, "commit": commit,
+                       "rows": bench.rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

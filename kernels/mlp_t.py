@@ -1,0 +1,129 @@
+"""TRM's MLP-t mixer sublayer fused: mixing along the sequence axis with a SwiGLU, residual, and
+RMSNorm over the sequence axis, for every (sample, feature) column of h:
+
+    t = h[b, :, d]                                      (L,)
+    out[b, :, d] = rms_norm(t + W_down (silu(W_gate t) * (W_up t)))
+
+The unfused model transposes h (B, L, D) -> (B, D, L), runs three linears, the activation and the
+add + RMSNorm, and transposes back. The forward kernel reads h through its strides (no transpose
+copy), keeps the (rows, I) intermediate on chip one BLOCK_I chunk at a time, and writes the
+normalised result straight into (B, L, D) layout. It is what every no-grad cycle and all of
+evaluation run. The backward recomputes the sublayer through the unfused ops (Triton SwiGLU and
+add + RMSNorm kernels, cuBLAS matmuls) under autograd: activation memory of one input per call.
+
+`mlp_t_reference` is the spec (and the CPU path); `mlp_t` dispatches (kernels/dispatch.py).
+
+Shapes: B batch, L sequence (positions), D features, I = SwiGLU width over L; weights
+gate, up (I, L), down (L, I). A program handles BLOCK_R features of one sample.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from einops import rearrange
+
+from .add_rmsnorm import add_rmsnorm, add_rmsnorm_reference
+from .dispatch import interpreting, use_triton
+from .swiglu import swiglu, swiglu_reference
+
+
+def mlp_t_reference(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+                    eps: float = 1e-5) -> torch.Tensor:
+    """h (B, L, D) -> (B, L, D). The spec: the unfused sublayer, op for op as the model ran it."""
+    t = rearrange(h, "b l d -> b d l")
+    m = F.linear(swiglu_reference(F.linear(t, w_gate.to(t.dtype)), F.linear(t, w_up.to(t.dtype))),
+                 w_down.to(t.dtype))
+    return rearrange(add_rmsnorm_reference(t, m, eps), "b d l -> b l d")
+
+
+def _mlp_t_unfused(h, w_gate, w_up, w_down, eps):
+    """The same sublayer through the dispatched unfused ops (the backward's recomputation)."""
+    t = rearrange(h, "b l d -> b d l")
+    m = F.linear(swiglu(F.linear(t, w_gate.to(t.dtype)), F.linear(t, w_up.to(t.dtype))), w_down.to(t.dtype))
+    return rearrange(add_rmsnorm(t, m, eps), "b d l -> b l d")
+
+
+@triton.jit
+def _dot(a, b, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _fwd(H, WG, WU, WD, OUT, RSTD, D, L, I, shb, shl, shd, sob, sol, sod, eps,
+         BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr,
+         UPCAST: tl.constexpr, PREC: tl.constexpr):
+    pid_r, b = tl.program_id(0), tl.program_id(1)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)  # features (BR,)
+    pos = tl.arange(0, BLOCK_L)  # sequence positions (BL,)
+    rm, pm = r < D, pos < L
+    io = tl.arange(0, BLOCK_I)
+    x = tl.load(H + b * shb + r[:, None] * shd + pos[None, :] * shl,
+                mask=rm[:, None] & pm[None, :], other=0.0)  # (BR, BL): h[b]^T rows
+    acc = tl.zeros([BLOCK_R, BLOCK_L], tl.float32)
+    for i0 in range(0, I, BLOCK_I):
+        i = i0 + io
+        im = i < I
+        wmask = pm[:, None] & im[None, :]
+        wg = tl.load(WG + i[None, :] * L + pos[:, None], mask=wmask, other=0.0)  # (BL, BI) = W_gate^T chunk
+        wu = tl.load(WU + i[None, :] * L + pos[:, None], mask=wmask, other=0.0)
+        g = _dot(x, wg, UPCAST, PREC)  # (BR, BI)
+        u = _dot(x, wu, UPCAST, PREC)
+        a = (g * tl.sigmoid(g) * u).to(x.dtype)
+        wd = tl.load(WD + pos[None, :] * I + i[:, None], mask=im[:, None] & pm[None, :], other=0.0)  # (BI, BL)
+        acc += _dot(a, wd, UPCAST, PREC)
+    s = x.to(tl.float32) + acc.to(x.dtype).to(tl.float32)  # the down projection rounds to the dtype, as F.linear
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=1) / L + eps)  # (BR,)
+    y = s * rstd[:, None]
+    tl.store(OUT + b * sob + r[:, None] * sod + pos[None, :] * sol, y.to(OUT.dtype.element_ty),
+             mask=rm[:, None] & pm[None, :])
+    tl.store(RSTD + b * D + r, rstd, mask=rm)
+
+
+def mlp_t_triton_fwd(h, w_gate, w_up, w_down, eps=1e-5, out=None, block_r: int | None = None):
+    """(out (B, L, D), rstd (B, D) fp32)."""
+    b, length, d = h.shape
+    inter = w_gate.shape[0]
+    if w_gate.shape != (inter, length) or w_up.shape != (inter, length) or w_down.shape != (length, inter):
+        raise ValueError(f"mlp_t over {length} positions needs gate, up ({inter}, {length}) and down "
+                         f"({length}, {inter}); got {tuple(w_gate.shape)}, {tuple(w_up.shape)}, {tuple(w_down.shape)}")
+    wg, wu, wd = (w.to(h.dtype).contiguous() for w in (w_gate, w_up, w_down))
+    o = torch.empty_like(h, memory_format=torch.contiguous_format) if out is None else out
+    rstd = torch.empty(b, d, dtype=torch.float32, device=h.device)
+    block_l = max(16, triton.next_power_of_2(length))
+    br = block_r or (32 if block_l > 64 else 64)
+    upcast = interpreting() and h.dtype == torch.bfloat16
+    _fwd[(triton.cdiv(d, br), b)](h, wg, wu, wd, o, rstd, d, length, inter, *h.stride(), *o.stride(), eps,
+                                  BLOCK_R=br, BLOCK_L=block_l, BLOCK_I=32 if block_l > 64 else 64,
+                                  UPCAST=upcast, PREC="ieee" if h.dtype == torch.float32 else "tf32",
+                                  num_warps=4)
+    return o, rstd
+
+
+class _MlpT(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, w_gate, w_up, w_down, eps):
+        ctx.save_for_backward(h, w_gate, w_up, w_down)
+        ctx.eps = eps
+        return mlp_t_triton_fwd(h, w_gate, w_up, w_down, eps)[0]
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, w_gate, w_up, w_down = ctx.saved_tensors
+        with torch.enable_grad():
+            ins = [t.detach().requires_grad_(t.requires_grad) for t in (h, w_gate, w_up, w_down)]
+            y = _mlp_t_unfused(*ins, ctx.eps)
+            need = [t for t in ins if t.requires_grad]
+            grads = iter(torch.autograd.grad(y, need, dy))
+        return (*(next(grads) if t.requires_grad else None for t in ins), None)
+
+
+def mlp_t(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+          eps: float = 1e-5) -> torch.Tensor:
+    """The MLP-t sublayer, h (B, L, D) -> (B, L, D): fused Triton on CUDA (or forced), reference elsewhere."""
+    if use_triton(h):
+        return _MlpT.apply(h, w_gate, w_up, w_down, eps)
+    return mlp_t_reference(h, w_gate, w_up, w_down, eps)
