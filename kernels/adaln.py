@@ -32,14 +32,19 @@ def adaln_reference(h, shift, scale, a=None, gate=None, eps: float = 1e-5):
 
 
 @triton.jit
-def _fwd(H, A, G, SH, SC, H2, X, MEAN, RSTD, N, D, eps,
-         HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid, b = tl.program_id(0), tl.program_id(1)
+def _tile(pid, b, N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows (tokens) and columns of one program's (BLOCK_N, BLOCK_D) tile of sample b."""
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
     rm, cm = rows < N, cols < D
-    m2 = rm[:, None] & cm[None, :]
-    offs = b * N * D + rows[:, None] * D + cols[None, :]
+    return rows, cols, rm, cm, rm[:, None] & cm[None, :], b * N * D + rows[:, None] * D + cols[None, :]
+
+
+@triton.jit
+def _fwd(H, A, G, SH, SC, H2, X, MEAN, RSTD, N, D, eps,
+         HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid, b = tl.program_id(0), tl.program_id(1)
+    rows, cols, rm, cm, m2, offs = _tile(pid, b, N, D, BLOCK_N, BLOCK_D)
     h = tl.load(H + offs, mask=m2, other=0.0).to(tl.float32)  # (BN, BD)
     if HAS_RES:
         a = tl.load(A + offs, mask=m2, other=0.0).to(tl.float32)
@@ -61,11 +66,7 @@ def _fwd(H, A, G, SH, SC, H2, X, MEAN, RSTD, N, D, eps,
 def _bwd(DX, DH2, H2, A, G, SC, MEAN, RSTD, DH, DA, PG, PSH, PSC, N, D, NB,
          HAS_RES: tl.constexpr, HAS_DH2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid, b = tl.program_id(0), tl.program_id(1)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
-    rm, cm = rows < N, cols < D
-    m2 = rm[:, None] & cm[None, :]
-    offs = b * N * D + rows[:, None] * D + cols[None, :]
+    rows, cols, rm, cm, m2, offs = _tile(pid, b, N, D, BLOCK_N, BLOCK_D)
     dx = tl.load(DX + offs, mask=m2, other=0.0).to(tl.float32)
     h2 = tl.load(H2 + offs, mask=m2, other=0.0).to(tl.float32)
     mean = tl.load(MEAN + b * N + rows, mask=rm, other=0.0)

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .common import dot as _dot
+from .common import dot_flags
 from .dispatch import interpreting, mode, use_triton
 
 LOG2E = 1.4426950408889634
@@ -82,11 +84,13 @@ def _bwd_configs():
 
 
 @triton.jit
-def _dot(a, b, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """a @ b in fp32 accumulation; under the interpreter bf16 dots are wrong, so upcast there."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision=PREC)
+def _p_ds(q, k, v, do, lse, delta, keep, qk_scale, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Backward core of one (query block, key block) tile: probabilities p (recomputed from the
+    saved lse, 0 where `keep` is false) and ds = p (do v^T - delta), both (BM, BN)."""
+    s = _dot(q, tl.trans(k), UPCAST, PREC) * qk_scale
+    p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
+    dp = _dot(do, tl.trans(v), UPCAST, PREC)
+    return p, p * (dp - delta[:, None])
 
 
 @triton.jit
@@ -183,11 +187,8 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, MASK,
         do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdl + e[None, :] * sde, mask=rm[:, None], other=0.0)
         lse = tl.load(LSE + bh * L + rows, mask=rm, other=0.0)
         delta = tl.load(DELTA + bh * L + rows, mask=rm, other=0.0)
-        s = _dot(q, tl.trans(k), UPCAST, PREC) * qk_scale  # (BM, BN)
-        p = tl.where(rm[:, None] & valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        p, ds = _p_ds(q, k, v, do, lse, delta, rm[:, None] & valid[None, :], qk_scale, UPCAST, PREC)  # (BM, BN)
         dv += _dot(tl.trans(p.to(do.dtype)), do, UPCAST, PREC)
-        dp = _dot(do, tl.trans(v), UPCAST, PREC)  # (BM, BN)
-        ds = p * (dp - delta[:, None])
         dk += _dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PREC)
     out = bh * L * E + cols[:, None] * E + e[None, :]
     tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=cm[:, None])
@@ -220,10 +221,7 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, MASK,
             valid = valid & (tl.load(MASK + b * smb + cols, mask=cm, other=0) != 0)
         k = tl.load(K + b * skb + h * skh + cols[:, None] * skl + e[None, :] * ske, mask=cm[:, None], other=0.0)
         v = tl.load(V + b * svb + h * svh + cols[:, None] * svl + e[None, :] * sve, mask=cm[:, None], other=0.0)
-        s = _dot(q, tl.trans(k), UPCAST, PREC) * qk_scale
-        p = tl.where(rm[:, None] & valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
-        dp = _dot(do, tl.trans(v), UPCAST, PREC)
-        ds = p * (dp - delta[:, None])
+        _, ds = _p_ds(q, k, v, do, lse, delta, rm[:, None] & valid[None, :], qk_scale, UPCAST, PREC)
         dq += _dot(ds.to(k.dtype), k, UPCAST, PREC)
     tl.store(DQ + bh * L * E + rows[:, None] * E + e[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=rm[:, None])
@@ -241,11 +239,6 @@ def _validate(q, k, v, rope):
         raise ValueError(f"RoPE tables must be ({q.shape[2]}, {e}), got {tuple(rope[0].shape)}")
 
 
-def _flags(q):
-    upcast = interpreting() and q.dtype == torch.bfloat16
-    return upcast, ("ieee" if q.dtype == torch.float32 else "tf32")
-
-
 def attention_triton_fwd(q, k, v, mask=None, rope=None, out=None):
     """(o (B, H, L, E) contiguous, lse (B*H, L) fp32 base-2 log-sum-exp of the scaled logits)."""
     _validate(q, k, v, rope)
@@ -255,7 +248,7 @@ def attention_triton_fwd(q, k, v, mask=None, rope=None, out=None):
     lse = torch.empty(b * h, length, dtype=torch.float32, device=q.device)
     m = mask.to(torch.int8).contiguous() if mask is not None else q.new_empty(1, dtype=torch.int8)
     cos, sin = (rope[0].float().contiguous(), rope[1].float().contiguous()) if rope is not None else (lse, lse)
-    upcast, prec = _flags(q)
+    upcast, prec = dot_flags(q.dtype)
     grid = lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), b * h)  # noqa: E731
     _fwd[grid](q, k, v, o, lse, m, cos, sin, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
                m.stride(0) if mask is not None else 0, h, length, LOG2E / math.sqrt(e),
@@ -269,7 +262,7 @@ def attention_triton_bwd(do, q, k, v, o, lse, mask=None):
     delta = (do.float() * o.float()).sum(-1).reshape(b * h, length).contiguous()  # (B*H, L)
     dq, dk, dv = (torch.empty(b, h, length, e, dtype=t.dtype, device=t.device) for t in (q, k, v))
     m = mask.to(torch.int8).contiguous() if mask is not None else q.new_empty(1, dtype=torch.int8)
-    upcast, prec = _flags(q)
+    upcast, prec = dot_flags(q.dtype)
     args = (*q.stride(), *k.stride(), *v.stride(), *do.stride(), m.stride(0) if mask is not None else 0,
             h, length, LOG2E / math.sqrt(e), 1.0 / math.sqrt(e))
     kw = dict(E=e, HAS_MASK=mask is not None, UPCAST=upcast, PREC=prec)

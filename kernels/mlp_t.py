@@ -25,7 +25,9 @@ import triton.language as tl
 from einops import rearrange
 
 from .add_rmsnorm import add_rmsnorm, add_rmsnorm_reference
-from .dispatch import interpreting, use_triton
+from .common import dot as _dot
+from .common import dot_flags
+from .dispatch import use_triton
 from .swiglu import swiglu, swiglu_reference
 
 
@@ -43,13 +45,6 @@ def _mlp_t_unfused(h, w_gate, w_up, w_down, eps):
     t = rearrange(h, "b l d -> b d l")
     m = F.linear(swiglu(F.linear(t, w_gate.to(t.dtype)), F.linear(t, w_up.to(t.dtype))), w_down.to(t.dtype))
     return rearrange(add_rmsnorm(t, m, eps), "b d l -> b l d")
-
-
-@triton.jit
-def _dot(a, b, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
@@ -95,10 +90,10 @@ def mlp_t_triton_fwd(h, w_gate, w_up, w_down, eps=1e-5, out=None, block_r: int |
     rstd = torch.empty(b, d, dtype=torch.float32, device=h.device)
     block_l = max(16, triton.next_power_of_2(length))
     br = block_r or (32 if block_l > 64 else 64)
-    upcast = interpreting() and h.dtype == torch.bfloat16
+    upcast, prec = dot_flags(h.dtype)
     _fwd[(triton.cdiv(d, br), b)](h, wg, wu, wd, o, rstd, d, length, inter, *h.stride(), *o.stride(), eps,
                                   BLOCK_R=br, BLOCK_L=block_l, BLOCK_I=32 if block_l > 64 else 64,
-                                  UPCAST=upcast, PREC="ieee" if h.dtype == torch.float32 else "tf32",
+                                  UPCAST=upcast, PREC=prec,
                                   num_warps=4)
     return o, rstd
 

@@ -1,8 +1,9 @@
-"""The `tdrm` command: eval, solve, rate."""
+"""The `tdrm` command: eval, solve, rate, runs (list/show/compare/sync), plot, report."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -109,6 +110,148 @@ def cmd_rate(a) -> int:
     return 0
 
 
+# -- runs ----------------------------------------------------------------------------------------
+def _store(a):
+    from .tracking.store import open_store
+    return open_store(a.dir, a.mongo, a.mongo_db)
+
+
+def _headline(metrics: dict, n: int = 2) -> list[str]:
+    keys = [k for k in metrics if "exact" in k and "ci" not in k and isinstance(metrics[k], (int, float))]
+    return (sorted(keys, key=lambda k: (not k.startswith("test"), len(k))) or list(metrics))[:n]
+
+
+def _v(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def _grid(header: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in header]] + [[_v(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * x for x in w))
+    return "\n".join(lines)
+
+
+def cmd_runs_list(a) -> int:
+    from .tracking.store import list_runs, varying_keys
+
+    recs = list_runs(_store(a), a.stage, a.status)
+    if a.format == "json":
+        print(json.dumps(recs, indent=1, default=str))
+        return 0
+    if not recs:
+        print("no runs" + (f" with stage={a.stage}" if a.stage else "") + (f" status={a.status}" if a.status else ""))
+        return 0
+    keys = [k for k in varying_keys(recs) if k not in ("seed",)][:3] if len({r["stage"] for r in recs}) == 1 else []
+    rows = []
+    for r in recs:
+        params = " ".join(f"{k.split('.')[-1]}={_v(r['params'].get(k))}" for k in keys)
+        mets = " ".join(f"{k}={_v(r['metrics'][k])}" for k in _headline(r["metrics"]))
+        dur = f"{r['duration_s'] / 60:.1f}m" if r["duration_s"] is not None else "-"
+        rows.append([r["id"], r["stage"], r["status"], r["start"], dur, r["host"], (r["git_commit"] or "-")[:8],
+                     r["dvc_exp"], params, mets])
+    print(_grid(["id", "stage", "status", "start", "took", "host", "commit", "dvc exp", "params", "final metrics"], rows))
+    return 0
+
+
+def cmd_runs_show(a) -> int:
+    run = _store(a).load(a.run)
+    r = run.record
+    if a.format == "json":
+        print(json.dumps({**r, "series": {k: {"steps": s, "values": v} for k, (s, v) in run.series.items()}},
+                         indent=1, default=str))
+        return 0
+    print(_table([(k, _v(r[k])) for k in ("id", "source", "stage", "status", "start", "stop", "duration_s", "host",
+                                         "git_commit", "dvc_exp", "dvc_baseline", "run_uid")]))
+    print("\nconfig")
+    print(_table([(k, _v(v)) for k, v in r["params"].items()]) if r["params"] else "  (none)")
+    print("\nfinal metrics")
+    print(_table([(k, _v(v)) for k, v in r["metrics"].items()]) if r["metrics"] else "  (none)")
+    if run.series:
+        print("\nmetric series")
+        print(_table([(k, f"{len(v)} points, steps {s[0]}..{s[-1]}") for k, (s, v) in run.series.items() if v]))
+    return 0
+
+
+def cmd_runs_compare(a) -> int:
+    from .eval.plots import curves_png
+    from .tracking.store import varying_keys
+
+    store = _store(a)
+    runs = [store.load(i) for i in a.runs]
+    recs = [r.record for r in runs]
+    labels = [f"{r['id']} {r['stage']}" + (f" ({r['dvc_exp']})" if r["dvc_exp"] else "") for r in recs]
+    diff = varying_keys(recs)
+    mkeys = sorted({k for r in recs for k in r["metrics"]})
+    if a.metric:
+        mkeys = [k for k in mkeys if k == a.metric or k.startswith(a.metric + ".") or a.metric in k]
+    if a.format == "json":
+        print(json.dumps({"runs": recs, "config_differences": {k: [r["params"].get(k) for r in recs] for k in diff},
+                          "metrics": {k: [r["metrics"].get(k) for r in recs] for k in mkeys}}, indent=1, default=str))
+    else:
+        print(_grid(["", *labels], [["status", *(r["status"] for r in recs)],
+                                    ["commit", *((r["git_commit"] or "-")[:8] for r in recs)]]))
+        same = len({k for r in recs for k in r["params"]}) - len(diff)
+        print(f"\nconfig differences ({len(diff)}; {same} keys identical)")
+        print(_grid(["key", *labels], [[k, *(r["params"].get(k) for r in recs)] for k in diff]) if diff else "  none")
+        print("\nfinal metrics")
+        print(_grid(["metric", *labels], [[k, *(r["metrics"].get(k) for r in recs)] for k in mkeys]) if mkeys
+              else "  none")
+    if a.png:
+        shared = sorted(set.intersection(*(set(r.series) for r in runs)))
+        rank = lambda n: next((i for i, w in enumerate(("exact", "solve", "reward", "loss", "mse")) if w in n), 9)  # noqa: E731
+        names = [a.metric] if a.metric else sorted(shared, key=lambda n: (rank(n), n))[:6]
+        names = [n for n in names if any(n in r.series for r in runs)]
+        if not names:
+            raise ValueError(f"no metric series {a.metric!r} in these runs" if a.metric else
+                             "these runs share no metric series; name one with --metric")
+        w, h = curves_png({lab: r.series for lab, r in zip(labels, runs)}, names, a.png)
+        print(f"\ncurves of {', '.join(names)} -> {a.png} ({w}x{h})", file=sys.stderr)
+    return 0
+
+
+def cmd_runs_sync(a) -> int:
+    from .tracking.sacred_run import runs_dir
+    from .tracking.store import FileRuns, MongoRuns
+
+    url = a.mongo or os.environ.get("TDRM_MONGO_URL")
+    if not url:
+        raise ValueError("runs sync needs a MongoDB: --mongo URL or TDRM_MONGO_URL")
+    from .tracking.store import sync_to_mongo
+    files = FileRuns(a.dir or runs_dir())
+    res = sync_to_mongo(files, MongoRuns(url, a.mongo_db or os.environ.get("TDRM_MONGO_DB", "tdrm")),
+                        progress=lambda rid, mid: print(f"run {rid} -> MongoDB run {mid}", file=sys.stderr))
+    print(f"copied {len(res['copied'])} runs, {len(res['skipped'])} already in MongoDB")
+    return 0
+
+
+# -- pictures and report ---------------------------------------------------------------------------
+def cmd_plot_trajectory(a) -> int:
+    from .data.board import parse
+    from .device import resolve_device
+    from .pipeline import trajectory_picture
+
+    path = trajectory_picture(a.checkpoint, parse(a.puzzle), a.png, over=a.over, steps=a.steps, seed=a.seed,
+                              device=resolve_device(a.device))
+    wrong = path.errors()[-1].sum()
+    print(f"{len(path.boards)} boards -> {a.png}; last: "
+          + ("no solution to compare with" if path.solution is None else f"{int(wrong)} wrong cells"))
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .device import resolve_device
+    from .pipeline import report
+
+    out = report(a.out, metrics_dir=a.metrics, plots_dir=a.plots, data_dir=a.data, teacher_path=a.teacher,
+                 tdrm_path=a.tdrm, puzzle_index=a.puzzle_index, device=resolve_device(a.device))
+    print(f"report -> {out} ({out.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tdrm", description="Tiny Diffusion Recursive Models")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -139,6 +282,57 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int)
     r.add_argument("--skip-bad", action="store_true")
     r.set_defaults(fn=cmd_rate)
+
+    runs = sub.add_parser("runs", help="Sacred runs: list, show, compare, sync to MongoDB")
+    rsub = runs.add_subparsers(dest="action", required=True)
+
+    def store_args(x):
+        x.add_argument("--dir", help="FileStorage directory (default: TDRM_RUNS_DIR or runs/)")
+        x.add_argument("--mongo", help="MongoDB URL (default: TDRM_MONGO_URL; FileStorage when unset)")
+        x.add_argument("--mongo-db", help="database (default: TDRM_MONGO_DB or tdrm)")
+        x.add_argument("--format", choices=["table", "json"], default="table")
+    rl_ = rsub.add_parser("list", help="one line per run")
+    store_args(rl_)
+    rl_.add_argument("--stage")
+    rl_.add_argument("--status", help="COMPLETED, FAILED, INTERRUPTED, RUNNING, DIED (running, heartbeat stale)")
+    rl_.set_defaults(fn=cmd_runs_list)
+    rs = rsub.add_parser("show", help="one run: config, final metrics, series")
+    store_args(rs)
+    rs.add_argument("run")
+    rs.set_defaults(fn=cmd_runs_show)
+    rc = rsub.add_parser("compare", help="config differences, final metrics and curves of runs")
+    store_args(rc)
+    rc.add_argument("runs", nargs="+")
+    rc.add_argument("--metric", help="only this metric (and its curve)")
+    rc.add_argument("--png", help="write the metric curves overlaid here")
+    rc.set_defaults(fn=cmd_runs_compare)
+    ry = rsub.add_parser("sync", help="copy FileStorage runs into MongoDB (skips runs already there)")
+    store_args(ry)
+    ry.set_defaults(fn=cmd_runs_sync)
+
+    pl = sub.add_parser("plot", help="pictures")
+    psub = pl.add_subparsers(dest="what", required=True)
+    pt = psub.add_parser("trajectory", help="a puzzle along a teacher's or TDRM's trajectory, as PNG")
+    pt.add_argument("--checkpoint", required=True)
+    pt.add_argument("--puzzle", required=True, help="row-major string, . or 0 for blanks")
+    pt.add_argument("--png", required=True)
+    pt.add_argument("--over", choices=["steps", "sampling"], default="steps",
+                    help="TDRM: per supervision step of the generated trajectory, or per sampling step")
+    pt.add_argument("--steps", type=int, help="TDRM sampling steps (default from the checkpoint)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--device", default="auto")
+    pt.set_defaults(fn=cmd_plot_trajectory)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page of every stage's results")
+    rp.add_argument("--out", default="docs/report.html")
+    rp.add_argument("--metrics", default="metrics")
+    rp.add_argument("--plots", default="plots")
+    rp.add_argument("--data", default="data/sudoku", help="for the trajectory pictures (test split)")
+    rp.add_argument("--teacher", default="models/teacher.pt")
+    rp.add_argument("--tdrm", default="models/tdrm.pt")
+    rp.add_argument("--puzzle-index", type=int, default=0)
+    rp.add_argument("--device", default="auto")
+    rp.set_defaults(fn=cmd_report)
     return p
 
 
@@ -168,12 +362,13 @@ def bench_main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from .data.board import PuzzleError
+    from .tracking.store import RunNotFound
     from .train.checkpoint import CheckpointError
 
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (PuzzleError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (PuzzleError, CheckpointError, FileNotFoundError, ValueError, ConnectionError, RunNotFound) as e:
         print(f"tdrm {a.cmd}: error: {e}", file=sys.stderr)
         return 2
 

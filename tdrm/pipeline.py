@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import asdict
+
+import numpy as np
 from pathlib import Path
 
 from . import config
@@ -102,9 +104,11 @@ def check_size(ck: dict, cells: int, what: str) -> None:
 
 def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_path: str,
                    plot_path: str, tdrm_path: str | None = None, control_path: str | None = None,
-                   tdrm_metrics_path: str | None = None, plots_dir: str = "plots") -> dict:
+                   tdrm_metrics_path: str | None = None, plots_dir: str = "plots",
+                   report_path: str | None = None) -> dict:
     """The teacher on the test split; with `tdrm_path`, also TDRM against it on the same puzzles
-    (metrics/tdrm.json, accuracy-against-steps and per-step CSV + PNG in `plots_dir`)."""
+    (metrics/tdrm.json, accuracy-against-steps and per-step CSV + PNG in `plots_dir`); with
+    `report_path`, the offline HTML report of every stage's metrics (`report`)."""
     p = config.load(params_path)
     set_threads(p.common.threads)
     device = resolve_device(p.common.device)
@@ -126,6 +130,9 @@ def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_pat
         _finish(tracker, metrics_path, metrics)
         if tdrm_path:
             _compare_tdrm(p, model, test, tdrm_path, control_path, tdrm_metrics_path, plots_dir, tracker, device)
+        if report_path:
+            report(report_path, metrics_dir=Path(metrics_path).parent, plots_dir=plots_dir, data_dir=data_dir,
+                   teacher_path=model_path, tdrm_path=tdrm_path, device=device)
         return metrics
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "evaluate": asdict(p.evaluate)}
@@ -228,3 +235,62 @@ def rl_stage(params_path: str, data_dir: str, tdrm_path: str, model_out: str, me
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "rl": asdict(p.rl)}
     return _tracked("rl", cfg, p.common.seed, run)
+
+
+def trajectory_picture(checkpoint: str | Path, puzzle, out: str | Path | None = None, *, over: str = "steps",
+                       steps: int | None = None, seed: int = 0, device="cpu"):
+    """Draw `puzzle` (digits (C,), 0 = blank) along the trajectory of a teacher or TDRM checkpoint.
+    Writes a PNG to `out` (a path or a binary file object); returns the `BoardPath`."""
+    from .eval.plots import trajectory_png
+    from .eval.trajectory import tdrm_path as tdrm_board_path
+    from .eval.trajectory import teacher_path as teacher_board_path
+    from .train.distill import load_tdrm
+
+    kind = load_checkpoint(checkpoint).get("kind")
+    if kind == "tdrm":
+        model, codec, schedule, ck = load_tdrm(checkpoint, device)
+        if ck["teacher"]["cells"] != len(puzzle):
+            raise ValueError(f"size mismatch: {checkpoint} models {ck['teacher']['cells']}-cell boards, "
+                             f"the puzzle has {len(puzzle)} cells")
+        d = ck["config"]["distill"]
+        path = tdrm_board_path(model, codec, schedule, puzzle, over=over, sampler=d["sampler"],
+                               steps=steps or d["sample_steps"], eta=d["eta"], seed=seed, device=device)
+    else:
+        model, ck = load_teacher(checkpoint, device)
+        check_size(ck, len(puzzle), "the puzzle")
+        path = teacher_board_path(model, puzzle, device)
+    if out is not None:
+        trajectory_png(path, out)
+    return path
+
+
+def report(out: str | Path, *, metrics_dir="metrics", plots_dir="plots", data_dir: str | Path | None = None,
+           teacher_path: str | Path | None = None, tdrm_path: str | Path | None = None, puzzle_index: int = 0,
+           device="cpu") -> Path:
+    """The self-contained HTML report (tdrm.eval.report): metrics files, Sacred runs (FileStorage,
+    or MongoDB with TDRM_MONGO_URL), curves, and test puzzle `puzzle_index` along the teacher's and
+    TDRM's trajectories when the data and checkpoints exist."""
+    import io
+
+    from .eval.report import write_report
+    from .tracking.store import list_runs, open_store
+
+    notes = []
+    try:
+        records = list_runs(open_store())
+    except (FileNotFoundError, ConnectionError) as e:
+        records = []
+        notes.append(f"runs: {e}")
+    pictures = []
+    if data_dir and Path(data_dir, "test.npz").exists():
+        test = load_split(data_dir, "test")
+        puzzle = np.asarray(test.puzzles[puzzle_index])
+        for ck_path, what, over in ((teacher_path, "teacher", "steps"), (tdrm_path, "TDRM", "steps"),
+                                    (tdrm_path, "TDRM", "sampling")):
+            if ck_path and Path(ck_path).exists():
+                buf = io.BytesIO()
+                trajectory_picture(ck_path, puzzle, buf, over=over, device=device)
+                pictures.append((buf.getvalue(), f"{what} ({ck_path}), test puzzle {puzzle_index}, per "
+                                 + ("supervision step" if over == "steps" else "sampling step")))
+    return write_report(out, metrics_dir=metrics_dir, plots_dir=plots_dir, records=records, pictures=pictures,
+                        note=" ".join(notes))

@@ -1,6 +1,7 @@
 """`dvc repro` of the tiny profile in a scratch copy of the project, then an S3 round trip
 through a moto server on 127.0.0.1: push, delete cache and outs, pull, byte-identical."""
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -117,3 +118,10 @@ def test_exp_run_with_set_params_and_exp_show(tmp_path):
     assert 0.0 <= metrics["exact_accuracy"] <= 1.0 and metrics["n"] == 100
     rl = data["metrics"]["metrics/rl.json"]["data"]
     assert rl["group_size"] == 2 and rl["n"] == 100 and 0.0 <= rl["exact_accuracy_after"] <= 1.0
+    # DVC -> Sacred: the metrics name their run; Sacred -> DVC: the run knows its experiment and baseline
+    from tdrm.tracking.store import FileRuns
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()
+    runs = FileRuns(os.environ["TDRM_RUNS_DIR"])
+    for stage, m in (("evaluate", metrics), ("rl", rl)):  # metrics/teacher.json comes from evaluate
+        rec = runs.load(str(m["sacred_run_id"])).record
+        assert (rec["stage"], rec["dvc_exp"], rec["dvc_baseline"], rec["status"]) == (stage, "lr2e-3-g2", head, "COMPLETED")

@@ -78,3 +78,87 @@ def rl_png(steps_rows: list[dict], history: list[dict], path: str | Path, title:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def trajectory_png(path_, out: str | Path, per_row: int = 8) -> tuple[int, int]:
+    """One board per row of a `BoardPath` (tdrm.eval.trajectory): givens black, the model's digits
+    coloured by its probability, wrong digits on a red cell with a red frame, boxes outlined.
+    The figure has a fixed size (`figure_size`); returns its (width, height) in pixels."""
+    from matplotlib import cm, colors
+
+    from .trajectory import figure_size
+
+    plt = _plt()
+    n_panels = len(path_.boards)
+    w, h, dpi = figure_size(n_panels, per_row)
+    cols, rows = min(n_panels, per_row), -(-n_panels // per_row)
+    fig = plt.figure(figsize=(w, h), dpi=dpi)
+    cmap, norm = plt.get_cmap("plasma_r"), colors.Normalize(0.0, 1.0)
+    n, sh = path_.shape.n, path_.shape
+    errors = path_.errors()
+    top = 1 - 0.45 / h
+    for i in range(n_panels):
+        band = (top - 0.75 / h) / rows  # the boards' rows share the height above the colour bar
+        ax = fig.add_axes([(i % cols) / cols + 0.01, top - (i // cols + 1) * band + 0.02,
+                           1 / cols - 0.02, band - 0.06])
+        ax.set_xlim(0, n)
+        ax.set_ylim(n, 0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        board, conf, err = path_.boards[i], path_.confidence[i], errors[i]
+        for c in range(n * n):
+            r, col = divmod(c, n)
+            if err[c]:
+                ax.add_patch(plt.Rectangle((col, r), 1, 1, facecolor="#ffd0d0", edgecolor="red", lw=1.2))
+            d = int(board[c])
+            if path_.puzzle[c]:
+                ax.text(col + 0.5, r + 0.55, str(int(path_.puzzle[c])), ha="center", va="center",
+                        fontsize=9, color="black", fontweight="bold")
+            elif d:
+                ax.text(col + 0.5, r + 0.55, str(d), ha="center", va="center", fontsize=9, color=cmap(norm(conf[c])))
+        for k in range(n + 1):
+            ax.axhline(k, color="k", lw=1.4 if k % sh.r == 0 else 0.3)
+            ax.axvline(k, color="k", lw=1.4 if k % sh.c == 0 else 0.3)
+        title = path_.labels[i] + (f": {int(err.sum())} wrong" if path_.solution is not None else "")
+        ax.set_title(title, fontsize=8, color="red" if err.any() else "black")
+    fig.suptitle(path_.title + ("" if path_.solution is not None else " (puzzle has no solution: no errors marked)"),
+                 fontsize=9, y=1 - 0.12 / h)
+    cax = fig.add_axes([0.3, 0.42 / h, 0.4, 0.1 / h])
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal").set_label(
+        "probability of the digit (givens in black, errors in red)", fontsize=7)
+    cax.tick_params(labelsize=6)
+    if isinstance(out, (str, Path)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, format="png")  # no bbox_inches: the file has exactly the figure's size
+    plt.close(fig)
+    return round(w * dpi), round(h * dpi)
+
+
+def curves_png(series: dict[str, dict[str, tuple[list, list]]], metrics: list[str], out: str | Path) -> tuple[int, int]:
+    """Metric curves of several runs overlaid, one panel per metric (at most 3 per row).
+    `series`: run label -> metric name -> (steps, values). 4.5 x 3.2 inches per panel, 100 dpi;
+    returns (width, height) in pixels."""
+    plt = _plt()
+    if not metrics:
+        raise ValueError("no metric to plot")
+    cols = min(len(metrics), 3)
+    rows = -(-len(metrics) // 3)
+    w, h = 4.5 * cols, 3.2 * rows
+    fig, axes = plt.subplots(rows, cols, figsize=(w, h), dpi=100, squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        for label, s in series.items():
+            if m in s and s[m][1]:
+                steps, vals = s[m]
+                ax.plot(steps, vals, "-" if len(vals) > 12 else "o-", label=label, lw=1.2, ms=3)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.tight_layout()
+    if isinstance(out, (str, Path)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, format="png")
+    plt.close(fig)
+    return round(w * 100), round(h * 100)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -88,6 +89,7 @@ def tracked_run(stage: str, config: dict, fn: Callable[[Tracker], dict], seed: i
     def main(_run):
         tracker = SacredTracker(_run)
         tracker.info("stage", stage)
+        tracker.info("run_uid", uuid.uuid4().hex)  # the same run in FileStorage and MongoDB (runs sync)
         tracker.info("git_commit", _git_commit(root))
         for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
             if os.environ.get(var):
