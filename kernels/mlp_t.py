@@ -8,8 +8,9 @@ The unfused model transposes h (B, L, D) -> (B, D, L), runs three linears, the a
 add + RMSNorm, and transposes back. The forward kernel reads h through its strides (no transpose
 copy), keeps the (rows, I) intermediate on chip one BLOCK_I chunk at a time, and writes the
 normalised result straight into (B, L, D) layout. It is what every no-grad cycle and all of
-evaluation run. The backward recomputes the sublayer through the unfused ops (Triton SwiGLU and
-add + RMSNorm kernels, cuBLAS matmuls) under autograd: activation memory of one input per call.
+evaluation run. The backward recomputes the intermediates through the unfused kernels (Triton
+SwiGLU and add + RMSNorm, cuBLAS matmuls) and backpropagates by hand: activation memory of one
+input per call, and no autograd inside, so torch.compile can trace it.
 
 `mlp_t_reference` is the spec (and the CPU path); `mlp_t` dispatches (kernels/dispatch.py).
 
@@ -24,11 +25,11 @@ import triton
 import triton.language as tl
 from einops import rearrange
 
-from .add_rmsnorm import add_rmsnorm, add_rmsnorm_reference
+from .add_rmsnorm import add_rmsnorm_reference, add_rmsnorm_triton_bwd, add_rmsnorm_triton_fwd
 from .common import dot as _dot
 from .common import dot_flags
 from .dispatch import use_triton
-from .swiglu import swiglu, swiglu_reference
+from .swiglu import swiglu_reference, swiglu_triton_bwd, swiglu_triton_fwd
 
 
 def mlp_t_reference(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
@@ -38,13 +39,6 @@ def mlp_t_reference(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w
     m = F.linear(swiglu_reference(F.linear(t, w_gate.to(t.dtype)), F.linear(t, w_up.to(t.dtype))),
                  w_down.to(t.dtype))
     return rearrange(add_rmsnorm_reference(t, m, eps), "b d l -> b l d")
-
-
-def _mlp_t_unfused(h, w_gate, w_up, w_down, eps):
-    """The same sublayer through the dispatched unfused ops (the backward's recomputation)."""
-    t = rearrange(h, "b l d -> b d l")
-    m = F.linear(swiglu(F.linear(t, w_gate.to(t.dtype)), F.linear(t, w_up.to(t.dtype))), w_down.to(t.dtype))
-    return rearrange(add_rmsnorm(t, m, eps), "b d l -> b l d")
 
 
 @triton.jit
@@ -107,13 +101,27 @@ class _MlpT(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        """Recompute the sublayer's intermediates with the unfused kernels, then backpropagate by
+        hand (no autograd inside, so torch.compile can trace it):
+        ds = rms-backward(dy^T); dA = ds W_d; dW_d = ds^T A; (dG, dU) = swiglu-backward(dA);
+        dt = ds + dG W_g + dU W_u; dW_g = dG^T t; dW_u = dU^T t; dh = dt^T."""
         h, w_gate, w_up, w_down = ctx.saved_tensors
-        with torch.enable_grad():
-            ins = [t.detach().requires_grad_(t.requires_grad) for t in (h, w_gate, w_up, w_down)]
-            y = _mlp_t_unfused(*ins, ctx.eps)
-            need = [t for t in ins if t.requires_grad]
-            grads = iter(torch.autograd.grad(y, need, dy))
-        return (*(next(grads) if t.requires_grad else None for t in ins), None)
+        dt_ = h.dtype
+        wg, wu, wd = (w.to(dt_) for w in (w_gate, w_up, w_down))
+        t = rearrange(h, "b l d -> b d l")
+        g, u = F.linear(t, wg), F.linear(t, wu)  # (B, D, I)
+        a = swiglu_triton_fwd(g, u)
+        y, rstd = add_rmsnorm_triton_fwd(t, F.linear(a, wd), ctx.eps)  # (B, D, L)
+        ds = add_rmsnorm_triton_bwd(rearrange(dy, "b l d -> b d l"), y, rstd)  # (B, D, L)
+        da = ds @ wd  # (B, D, I)
+        dg, du = swiglu_triton_bwd(da, g, u)
+        dt = ds + dg @ wg + du @ wu  # (B, D, L)
+        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731  (B*D, .)
+        need = ctx.needs_input_grad
+        d_wg = (flat(dg).T @ flat(t)).to(w_gate.dtype) if need[1] else None  # (I, L)
+        d_wu = (flat(du).T @ flat(t)).to(w_up.dtype) if need[2] else None
+        d_wd = (flat(ds).T @ flat(a)).to(w_down.dtype) if need[3] else None  # (L, I)
+        return rearrange(dt, "b d l -> b l d"), d_wg, d_wu, d_wd, None
 
 
 def mlp_t(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,

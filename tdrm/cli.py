@@ -242,6 +242,26 @@ def cmd_plot_trajectory(a) -> int:
     return 0
 
 
+def cmd_plot_curves(a) -> int:
+    from .eval.plots import curves_png
+    from .eval.report import read_csv_series
+
+    series, order = {}, []
+    for path in a.csv:
+        _, cols = read_csv_series(path)
+        if not cols:
+            raise ValueError(f"{path}: no numeric columns")
+        series[Path(path).stem] = cols
+        order += [c for c in cols if c not in order]
+    names = a.metric or [c for c in order if "ci_" not in c][:6]
+    missing = [m for m in names if not any(m in cols for cols in series.values())]
+    if missing:
+        raise ValueError(f"no column {missing[0]!r} in {', '.join(a.csv)}; columns: {', '.join(order)}")
+    w, h = curves_png(series, names, a.png)
+    print(f"{', '.join(names)} -> {a.png} ({w}x{h})")
+    return 0
+
+
 def cmd_report(a) -> int:
     from .device import resolve_device
     from .pipeline import report
@@ -322,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--device", default="auto")
     pt.set_defaults(fn=cmd_plot_trajectory)
+    pc = psub.add_parser("curves", help="training curves or accuracy-by-step from DVC plot CSVs, as PNG")
+    pc.add_argument("csv", nargs="+", help="e.g. plots/teacher_train.csv plots/distill_train.csv")
+    pc.add_argument("--metric", action="append", help="a column to draw (repeatable; default: the first six)")
+    pc.add_argument("--png", required=True)
+    pc.set_defaults(fn=cmd_plot_curves)
 
     rp = sub.add_parser("report", help="one self-contained HTML page of every stage's results")
     rp.add_argument("--out", default="docs/report.html")

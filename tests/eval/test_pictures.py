@@ -75,6 +75,18 @@ def test_plot_trajectory_for_teacher_and_tdrm(ckpts, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_curves_from_plot_csvs(tmp_path, capsys):
+    a, b = tmp_path / "a_train.csv", tmp_path / "b_train.csv"
+    a.write_text("step,loss,val_exact\n1,2.0,\n2,1.0,0.5\n")
+    b.write_text("step,loss\n1,3.0\n2,1.5\n3,1.0\n")
+    assert main(["plot", "curves", str(a), str(b), "--png", str(tmp_path / "c.png")]) == 0
+    assert png_size((tmp_path / "c.png").read_bytes()) == (900, 320)  # loss and val_exact panels
+    assert main(["plot", "curves", str(a), str(b), "--metric", "loss", "--png", str(tmp_path / "l.png")]) == 0
+    assert png_size((tmp_path / "l.png").read_bytes()) == (450, 320)
+    assert main(["plot", "curves", str(a), "--metric", "acc", "--png", str(tmp_path / "x.png")]) == 2
+    assert "no column 'acc'" in capsys.readouterr().err
+
+
 class _Tags(HTMLParser):
     def __init__(self):
         super().__init__()

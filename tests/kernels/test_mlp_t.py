@@ -17,8 +17,7 @@ def _weights(length, seed, multiple_of=16):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,length,d", [(2, 36, 64), (3, 97, 40), (1, 81, 130)])
-def test_forward_and_gradients_match_the_reference(monkeypatch, dtype, b, length, d):
-    monkeypatch.setenv("TDRM_KERNELS", "triton")  # the backward's recomputation through the unfused kernels
+def test_forward_and_gradients_match_the_reference(dtype, b, length, d):
     h = randn(b, length, d, seed=0, dtype=dtype, transpose=True)
     ws = _weights(length, 1)
     out = torch.full((b, length, d), float("nan"), dtype=dtype, device=DEVICE)
