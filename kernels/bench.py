@@ -61,9 +61,10 @@ def _grad_fn(f, inputs, dout_like=None):
 
 
 class Bench:
-    def __init__(self, device, dtype, reps, compile_):
+    def __init__(self, device, dtype, reps, compile_, out=None, header=None):
         self.device, self.dtype, self.reps, self.compile = device, dtype, reps, compile_
         self.rows: list[dict] = []
+        self.out, self.header = out, header or {}
 
     def row(self, name, shape, paths: dict, bytes_=0.0, flops=0.0):
         """paths: label -> (callable, TDRM_KERNELS mode); 'compile' callables get compiled here."""
@@ -88,6 +89,13 @@ class Bench:
                     r[f"x_{base}"] = times[base] / t
         self.rows.append(r)
         print(_fmt(r), flush=True)
+        self.save()
+
+    def save(self):
+        """Rewrite the JSON after every row: a run cut short by a time limit keeps what it measured."""
+        if self.out:
+            with open(self.out, "w") as f:
+                json.dump({**self.header, "rows": self.rows}, f, indent=1)
 
 
 def _fmt(r):
@@ -267,9 +275,10 @@ def main(argv=None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     device = torch.device(a.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
-    bench = Bench(device, dtype, a.reps, not a.no_compile)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (interpreter)"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    bench = Bench(device, dtype, a.reps, not a.no_compile, a.out,
+                  {"device": name, "dtype": a.dtype, "torch": torch.__version__, "commit": commit})
     print(f"kernels.bench on {name}, {a.dtype}, torch {torch.__version__}, commit {commit}")
     print("ms per call (median); GB/s and TFLOP/s of the Triton path; speedups = other path's ms / Triton's")
     print(HEADER)
@@ -277,10 +286,7 @@ def main(argv=None) -> int:
         _ops(bench, a.small)
     if a.only in (None, "models"):
         _models(bench, a.small)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"device": name, "dtype": a.dtype, "torch": torch.__version__, "commit": commit,
-                       "rows": bench.rows}, f, indent=1)
+    bench.save()
     return 0
 
 

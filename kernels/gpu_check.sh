@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of the Triton kernels, for a fresh GPU machine: installs nothing (run it where
 # `pip install -e '.[test]'` was done with a CUDA build of torch), takes under 8 minutes, and writes
-# its full log and the benchmark table into the directory given as its argument:
+# its full log and the benchmark table into the directory given as its argument (bench.json is
+# rewritten after every row, so a run cut by its time limit keeps what it measured):
 #   env.txt, tests.log (every kernel test on CUDA tensors, the GPU-only ones included),
 #   bench.txt + bench.json (python -m kernels.bench), summary.txt.
 # usage: kernels/gpu_check.sh OUT_DIR
@@ -25,9 +26,9 @@ fi
 unset TRITON_INTERPRET
 export TDRM_KERNELS=auto
 start=$(date +%s)
-timeout 210 $PY -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$out/tests.log"
+timeout 150 $PY -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$out/tests.log"
 tests_rc=${PIPESTATUS[0]}
-timeout 330 $PY -m kernels.bench --out "$out/bench.json" 2>&1 | tee "$out/bench.txt"
+timeout 300 $PY -m kernels.bench --out "$out/bench.json" 2>&1 | tee "$out/bench.txt"
 bench_rc=${PIPESTATUS[0]}
 {
   echo "tests: exit $tests_rc ($(tail -n 1 "$out/tests.log"))"
