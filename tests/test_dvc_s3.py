@@ -125,3 +125,17 @@ def test_exp_run_with_set_params_and_exp_show(tmp_path):
     for stage, m in (("evaluate", metrics), ("rl", rl)):  # metrics/teacher.json comes from evaluate
         rec = runs.load(str(m["sacred_run_id"])).record
         assert (rec["stage"], rec["dvc_exp"], rec["dvc_baseline"], rec["status"]) == (stage, "lr2e-3-g2", head, "COMPLETED")
+
+
+def test_exp_run_temp_records_the_experiment_in_sacred(tmp_path):
+    """`dvc exp run --temp` runs in a copy under .dvc/tmp/exps: the stage's Sacred run still lands in
+    the runs directory and names its experiment and baseline commit."""
+    from tdrm.tracking.store import FileRuns
+    proj = _scratch_project(tmp_path)
+    _git(proj, "add", "-A")
+    _git(proj, "commit", "-qm", "scratch")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()
+    _dvc(proj, "exp", "run", "--temp", "-n", "tmp-data", "data")
+    runs = FileRuns(os.environ["TDRM_RUNS_DIR"])
+    (rec,) = [runs.load(i).record for i in runs.ids()]
+    assert (rec["stage"], rec["dvc_exp"], rec["dvc_baseline"], rec["status"]) == ("data", "tmp-data", head, "COMPLETED")
