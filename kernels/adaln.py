@@ -122,6 +122,7 @@ def adaln_triton_fwd(h, shift, scale, a=None, gate=None, eps=1e-5):
 
 def adaln_triton_bwd(dx, dh2, h2, a, gate, scale, mean, rstd):
     """(dh, da, dgate, dshift, dscale); da and dgate are None without a residual branch."""
+    h2 = h2.contiguous()  # without a residual branch this is the (possibly strided) input h
     b, n, d = h2.shape
     res, has_dh2 = a is not None, dh2 is not None
     bn, bd = _blocks(d)
@@ -134,36 +135,75 @@ def adaln_triton_bwd(dx, dh2, h2, a, gate, scale, mean, rstd):
     _bwd[(nb, b)](dx, dh2.contiguous() if has_dh2 else dx, h2, a.contiguous() if res else h2,
                   gate if res else scale, scale, mean, rstd, dh, da, parts[0], parts[1], parts[2], n, d, nb,
                   HAS_RES=res, HAS_DH2=has_dh2, BLOCK_N=bn, BLOCK_D=bd)
-    sums = parts.sum(2)  # (3, B, D)
-    return (dh, da if res else None, sums[0].to(gate.dtype) if res else None,
-            sums[1].to(scale.dtype), sums[2].to(scale.dtype))
+    sums = parts.sum(2)  # (3, B, D); copies, so that no two gradients share storage
+    return (dh, da if res else None, sums[0].to(gate.dtype, copy=True) if res else None,
+            sums[1].to(scale.dtype, copy=True), sums[2].to(scale.dtype, copy=True))
 
 
-class _AdaLN(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, shift, scale, a, gate, eps):
-        h2, x, mean, rstd = adaln_triton_fwd(h, shift, scale, a, gate, eps)
-        a_ = None if a is None else a.contiguous().to(h.dtype)
-        gate = None if gate is None else gate.contiguous()  # chunks of one (B, 6D) projection: strided
-        ctx.save_for_backward(h2, a_, gate, scale.contiguous(), mean, rstd)
-        ctx.res = a is not None
-        ctx.dtypes = (h.dtype, None if a is None else a.dtype)
-        return (h2, x) if ctx.res else x  # without a residual branch h2 is h itself
+@torch.library.custom_op("tdrm::adaln_fwd", mutates_args=())
+def adaln_fwd_op(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, a: torch.Tensor | None,
+                 gate: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h2, x, mean, rstd); without a residual branch h2 is an empty placeholder (h2 = h)."""
+    h2, x, mean, rstd = adaln_triton_fwd(h, shift, scale, a, gate, eps)
+    return (h2 if a is not None else h.new_empty(0)), x, mean, rstd
 
-    @staticmethod
-    def backward(ctx, *grads):
-        dh2, dx = grads if ctx.res else (None, grads[0])
-        h2, a, gate, scale, mean, rstd = ctx.saved_tensors
-        dh, da, dgate, dshift, dscale = adaln_triton_bwd(dx, dh2, h2, a, gate, scale, mean, rstd)
-        return dh, dshift, dscale, (None if da is None else da.to(ctx.dtypes[1])), dgate, None
+
+@adaln_fwd_op.register_fake
+def _(h, shift, scale, a, gate, eps):
+    b, n, _ = h.shape
+    stat = h.new_empty(b, n, dtype=torch.float32)
+    return (torch.empty_like(h, memory_format=torch.contiguous_format) if a is not None else h.new_empty(0),
+            torch.empty_like(h, memory_format=torch.contiguous_format), stat, torch.empty_like(stat))
+
+
+@torch.library.custom_op("tdrm::adaln_bwd", mutates_args=())
+def adaln_bwd_op(dx: torch.Tensor, dh2: torch.Tensor | None, h2: torch.Tensor, a: torch.Tensor | None,
+                 gate: torch.Tensor | None, scale: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dh, dshift, dscale, da, dgate); da and dgate are empty without a residual branch."""
+    dh, da, dgate, dshift, dscale = adaln_triton_bwd(dx, dh2, h2, a, gate, scale, mean, rstd)
+    return dh, dshift, dscale, (dx.new_empty(0) if da is None else da), (dx.new_empty(0) if dgate is None else dgate)
+
+
+@adaln_bwd_op.register_fake
+def _(dx, dh2, h2, a, gate, scale, mean, rstd):
+    res = a is not None
+    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
+    return (like(h2), like(scale), like(scale), like(h2) if res else dx.new_empty(0),
+            like(gate) if res else dx.new_empty(0))
+
+
+def _setup(ctx, inputs, output):
+    h, shift, scale, a, gate, eps = inputs
+    h2, _, mean, rstd = output
+    res = a is not None
+    ctx.save_for_backward(h2 if res else h, None if a is None else a.to(h.dtype), gate, scale, mean, rstd)
+    ctx.res, ctx.a_dtype = res, None if a is None else a.dtype
+
+
+def _backward(ctx, dh2, dx, _dmean, _drstd):
+    h2, a, gate, scale, mean, rstd = ctx.saved_tensors
+    dh, dshift, dscale, da, dgate = adaln_bwd_op(dx, dh2 if ctx.res else None, h2, a, gate, scale, mean, rstd)
+    if not ctx.res:
+        return dh, dshift, dscale, None, None, None
+    return dh, dshift, dscale, da.to(ctx.a_dtype), dgate, None
+
+
+adaln_fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+def adaln_triton(h, shift, scale, a=None, gate=None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused Triton path with autograd (a torch.library custom op, opaque to torch.compile)."""
+    _check(h, shift, scale, a, gate)
+    h2, x, _, _ = adaln_fwd_op(h, shift, scale, a, gate, eps)
+    return (h2 if a is not None else h), x
 
 
 def adaln(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, a: torch.Tensor | None = None,
           gate: torch.Tensor | None = None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """(h + gate a, modulate(layer_norm(h + gate a), shift, scale)): fused Triton on CUDA (or
     forced), the reference elsewhere. h (B, N, D); shift, scale, gate (B, D)."""
-    _check(h, shift, scale, a, gate)
     if use_triton(h):
-        out = _AdaLN.apply(h, shift, scale, a, gate, eps)
-        return out if a is not None else (h, out)
+        return adaln_triton(h, shift, scale, a, gate, eps)
+    _check(h, shift, scale, a, gate)
     return adaln_reference(h, shift, scale, a, gate, eps)

@@ -273,23 +273,53 @@ def attention_triton_bwd(do, q, k, v, o, lse, mask=None):
     return dq, dk, dv
 
 
-class _Attention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, mask, cos, sin):
-        rope = None if cos is None else (cos, sin)
-        o, lse = attention_triton_fwd(q, k, v, mask, rope)
-        ctx.save_for_backward(q, k, v, o, lse, mask, cos, sin)
-        return o
+@torch.library.custom_op("tdrm::attention_fwd", mutates_args=())
+def attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     cos: torch.Tensor | None, sin: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_triton_fwd(q, k, v, mask, None if cos is None else (cos, sin))
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse, mask, cos, sin = ctx.saved_tensors
-        if cos is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        dq, dk, dv = attention_triton_bwd(do, q, k, v, o, lse, mask)
-        if cos is not None:
-            dq, dk = _unrope(dq, cos, sin), _unrope(dk, cos, sin)
-        return dq, dk, dv, None, None, None
+
+@attention_fwd_op.register_fake
+def _(q, k, v, mask, cos, sin):
+    b, h, length, e = q.shape
+    return q.new_empty(b, h, length, e), q.new_empty(b * h, length, dtype=torch.float32)
+
+
+@torch.library.custom_op("tdrm::attention_bwd", mutates_args=())
+def attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                     lse: torch.Tensor, mask: torch.Tensor | None, cos: torch.Tensor | None,
+                     sin: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv; with RoPE the kernels run on the rotated q, k and the gradients rotate back."""
+    if cos is not None:
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    dq, dk, dv = attention_triton_bwd(do, q, k, v, o, lse, mask)
+    if cos is not None:
+        dq, dk = _unrope(dq, cos, sin), _unrope(dk, cos, sin)
+    return dq, dk, dv
+
+
+@attention_bwd_op.register_fake
+def _(do, q, k, v, o, lse, mask, cos, sin):
+    return tuple(t.new_empty(t.shape) for t in (q, k, v))
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, mask, cos, sin = inputs
+    ctx.save_for_backward(q, k, v, *output, mask, cos, sin)
+
+
+def _backward(ctx, do, _dlse):
+    return (*attention_bwd_op(do, *ctx.saved_tensors), None, None, None)
+
+
+attention_fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+def attention_triton(q, k, v, mask=None, rope=None) -> torch.Tensor:
+    """The Triton path with autograd (a torch.library custom op, opaque to torch.compile)."""
+    _validate(q, k, v, rope)
+    cos, sin = rope if rope is not None else (None, None)
+    return attention_fwd_op(q, k, v, mask, cos, sin)[0]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -299,7 +329,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     e = q.shape[-1]
     fits = e >= 16 and not e & (e - 1) and (rope is None or e >= 32)
     if use_triton(q) and (fits or mode() == "triton"):
-        _validate(q, k, v, rope)
-        cos, sin = rope if rope is not None else (None, None)
-        return _Attention.apply(q, k, v, mask, cos, sin)
+        return attention_triton(q, k, v, mask, rope)
     return attention_reference(q, k, v, mask, rope)

@@ -4,7 +4,8 @@ For every op, for one whole TRM supervision step at the paper config (hidden 512
 n=6, MLP-t over 81 cells + 16 prefix) and for one denoiser forward/backward, times three paths:
 eager PyTorch (the plain-torch references), `torch.compile` of the same references, and the
 Triton kernels (eager, through kernels/dispatch.py); for attention also PyTorch SDPA forced to
-its flash backend. Prints ms, achieved GB/s and TFLOP/s of the Triton path and its speedups, and
+its flash backend; for the whole-model rows also `torch.compile` over the Triton path (the ops
+are custom ops, so inductor fuses what lies between them: column comp+tri). Prints ms, achieved GB/s and TFLOP/s of the Triton path and its speedups, and
 writes all of it as JSON with `--out`.
 
 Needs CUDA. Without it, it says so and exits 0, unless `--device cpu --small` asks for a smoke run
@@ -102,13 +103,13 @@ def _fmt(r):
     ms = r["ms"]
     cell = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
     return (f"{r['op']:<28} {r['shape']:<26} " + " ".join(f"{cell(ms.get(k)):>9}" for k in
-            ("eager", "compile", "sdpa_flash", "triton")) +
+            ("eager", "compile", "sdpa_flash", "triton", "compile_triton")) +
             f" {cell(r.get('GB/s'), '{:.0f}'):>7} {cell(r.get('TFLOP/s'), '{:.1f}'):>7}"
             f" {cell(r.get('x_eager'), '{:.2f}x'):>8} {cell(r.get('x_compile'), '{:.2f}x'):>8}"
             f" {cell(r.get('x_sdpa_flash'), '{:.2f}x'):>8}")
 
 
-HEADER = (f"{'op':<28} {'shape':<26} {'eager':>9} {'compile':>9} {'sdpa_fl':>9} {'triton':>9} "
+HEADER = (f"{'op':<28} {'shape':<26} {'eager':>9} {'compile':>9} {'sdpa_fl':>9} {'triton':>9} {'comp+tri':>9} "
           f"{'GB/s':>7} {'TFLOP/s':>7} {'vs eager':>8} {'vs comp':>8} {'vs flash':>8}")
 
 
@@ -225,9 +226,12 @@ def _models(bench: Bench, small: bool):
     block = 2 * batch * length * (3 * d * inter) + 2 * batch * d * 3 * length * trm.blocks[0].mix.gate.weight.shape[0]
     applies = cfg.T * (cfg.n + 1)
     flops = cfg.layers * block * (applies + 2 * (cfg.n + 1))
-    cstep = torch.compile(trm_step) if bench.compile else trm_step
+    # separate wrappers (own code objects): dynamo's cache must not hand one path the other's graph
+    cstep = torch.compile(lambda: trm_step()) if bench.compile else trm_step
+    ctstep = torch.compile(lambda: trm_step()) if bench.compile else trm_step
     bench.row("TRM supervision step", f"B{batch} D{d} T{cfg.T} n{cfg.n}", {
-        "eager": (trm_step, "torch"), "compile": (cstep, "torch"), "triton": (trm_step, "triton")}, 0, flops)
+        "eager": (trm_step, "torch"), "compile": (cstep, "torch"), "triton": (trm_step, "triton"),
+        "compile_triton": (ctstep, "triton")}, 0, flops)
     with torch.no_grad():
         x = trm.input_embedding(tokens)
         y0, z0 = trm.initial_state(batch)
@@ -249,9 +253,11 @@ def _models(bench: Bench, small: bool):
 
     def den_step():
         den(xt, t, pz).float().square().mean().backward()
-    cden = torch.compile(den_step) if bench.compile else den_step
+    cden = torch.compile(lambda: den_step()) if bench.compile else den_step
+    ctden = torch.compile(lambda: den_step()) if bench.compile else den_step
     bench.row("denoiser fwd+bwd", f"B{db} K{k + 1}xL{cells_d} D{dcfg.hidden}", {
-        "eager": (den_step, "torch"), "compile": (cden, "torch"), "triton": (den_step, "triton")})
+        "eager": (den_step, "torch"), "compile": (cden, "torch"), "triton": (den_step, "triton"),
+        "compile_triton": (ctden, "triton")})
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,7 @@ copy), keeps the (rows, I) intermediate on chip one BLOCK_I chunk at a time, and
 normalised result straight into (B, L, D) layout. It is what every no-grad cycle and all of
 evaluation run. The backward recomputes the intermediates through the unfused kernels (Triton
 SwiGLU and add + RMSNorm, cuBLAS matmuls) and backpropagates by hand: activation memory of one
-input per call, and no autograd inside, so torch.compile can trace it.
+input per call. Both directions are torch.library custom ops, opaque to torch.compile.
 
 `mlp_t_reference` is the spec (and the CPU path); `mlp_t` dispatches (kernels/dispatch.py).
 
@@ -92,41 +92,64 @@ def mlp_t_triton_fwd(h, w_gate, w_up, w_down, eps=1e-5, out=None, block_r: int |
     return o, rstd
 
 
-class _MlpT(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, w_gate, w_up, w_down, eps):
-        ctx.save_for_backward(h, w_gate, w_up, w_down)
-        ctx.eps = eps
-        return mlp_t_triton_fwd(h, w_gate, w_up, w_down, eps)[0]
+@torch.library.custom_op("tdrm::mlp_t_fwd", mutates_args=())
+def mlp_t_fwd_op(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+                 eps: float) -> torch.Tensor:
+    return mlp_t_triton_fwd(h, w_gate, w_up, w_down, eps)[0]
 
-    @staticmethod
-    def backward(ctx, dy):
-        """Recompute the sublayer's intermediates with the unfused kernels, then backpropagate by
-        hand (no autograd inside, so torch.compile can trace it):
-        ds = rms-backward(dy^T); dA = ds W_d; dW_d = ds^T A; (dG, dU) = swiglu-backward(dA);
-        dt = ds + dG W_g + dU W_u; dW_g = dG^T t; dW_u = dU^T t; dh = dt^T."""
-        h, w_gate, w_up, w_down = ctx.saved_tensors
-        dt_ = h.dtype
-        wg, wu, wd = (w.to(dt_) for w in (w_gate, w_up, w_down))
-        t = rearrange(h, "b l d -> b d l")
-        g, u = F.linear(t, wg), F.linear(t, wu)  # (B, D, I)
-        a = swiglu_triton_fwd(g, u)
-        y, rstd = add_rmsnorm_triton_fwd(t, F.linear(a, wd), ctx.eps)  # (B, D, L)
-        ds = add_rmsnorm_triton_bwd(rearrange(dy, "b l d -> b d l"), y, rstd)  # (B, D, L)
-        da = ds @ wd  # (B, D, I)
-        dg, du = swiglu_triton_bwd(da, g, u)
-        dt = ds + dg @ wg + du @ wu  # (B, D, L)
-        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731  (B*D, .)
-        need = ctx.needs_input_grad
-        d_wg = (flat(dg).T @ flat(t)).to(w_gate.dtype) if need[1] else None  # (I, L)
-        d_wu = (flat(du).T @ flat(t)).to(w_up.dtype) if need[2] else None
-        d_wd = (flat(ds).T @ flat(a)).to(w_down.dtype) if need[3] else None  # (L, I)
-        return rearrange(dt, "b d l -> b l d"), d_wg, d_wu, d_wd, None
+
+@mlp_t_fwd_op.register_fake
+def _(h, w_gate, w_up, w_down, eps):
+    return torch.empty_like(h, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("tdrm::mlp_t_bwd", mutates_args=())
+def mlp_t_bwd_op(dy: torch.Tensor, h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dh, d w_gate, d w_up, d w_down): the intermediates recomputed with the unfused kernels, then
+    backpropagated by hand: ds = rms-backward(dy^T); dA = ds W_d; dW_d = ds^T A;
+    (dG, dU) = swiglu-backward(dA); dt = ds + dG W_g + dU W_u; dW_g = dG^T t; dW_u = dU^T t; dh = dt^T."""
+    dt_ = h.dtype
+    wg, wu, wd = (w.to(dt_) for w in (w_gate, w_up, w_down))
+    t = rearrange(h, "b l d -> b d l")
+    g, u = F.linear(t, wg), F.linear(t, wu)  # (B, D, I)
+    a = swiglu_triton_fwd(g, u)
+    y, rstd = add_rmsnorm_triton_fwd(t, F.linear(a, wd), eps)  # (B, D, L)
+    ds = add_rmsnorm_triton_bwd(rearrange(dy, "b l d -> b d l"), y, rstd)  # (B, D, L)
+    da = ds @ wd  # (B, D, I)
+    dg, du = swiglu_triton_bwd(da, g, u)
+    dt = ds + dg @ wg + du @ wu  # (B, D, L)
+    flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731  (B*D, .)
+    return (rearrange(dt, "b d l -> b l d").contiguous(), (flat(dg).T @ flat(t)).to(w_gate.dtype),
+            (flat(du).T @ flat(t)).to(w_up.dtype), (flat(ds).T @ flat(a)).to(w_down.dtype))
+
+
+@mlp_t_bwd_op.register_fake
+def _(dy, h, w_gate, w_up, w_down, eps):
+    return (torch.empty_like(h, memory_format=torch.contiguous_format), torch.empty_like(w_gate),
+            torch.empty_like(w_up), torch.empty_like(w_down))
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+    ctx.eps = inputs[4]
+
+
+def _backward(ctx, dy):
+    return (*mlp_t_bwd_op(dy, *ctx.saved_tensors, ctx.eps), None)
+
+
+mlp_t_fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+def mlp_t_triton(h, w_gate, w_up, w_down, eps: float = 1e-5) -> torch.Tensor:
+    """The fused Triton path with autograd (a torch.library custom op, opaque to torch.compile)."""
+    return mlp_t_fwd_op(h, w_gate, w_up, w_down, eps)
 
 
 def mlp_t(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
           eps: float = 1e-5) -> torch.Tensor:
     """The MLP-t sublayer, h (B, L, D) -> (B, L, D): fused Triton on CUDA (or forced), reference elsewhere."""
     if use_triton(h):
-        return _MlpT.apply(h, w_gate, w_up, w_down, eps)
+        return mlp_t_triton(h, w_gate, w_up, w_down, eps)
     return mlp_t_reference(h, w_gate, w_up, w_down, eps)

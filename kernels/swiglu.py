@@ -69,20 +69,46 @@ def swiglu_triton_bwd(da: torch.Tensor, g: torch.Tensor, u: torch.Tensor,
     return dg, du
 
 
-class _SwiGLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, g, u):
-        ctx.save_for_backward(g, u)
-        return swiglu_triton_fwd(g, u)
+@torch.library.custom_op("tdrm::swiglu_fwd", mutates_args=())
+def swiglu_fwd_op(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return swiglu_triton_fwd(g, u)
 
-    @staticmethod
-    def backward(ctx, da):
-        g, u = ctx.saved_tensors
-        return swiglu_triton_bwd(da, g, u)
+
+@swiglu_fwd_op.register_fake
+def _(g, u):
+    return torch.empty_like(g, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("tdrm::swiglu_bwd", mutates_args=())
+def swiglu_bwd_op(da: torch.Tensor, g: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return swiglu_triton_bwd(da, g, u)
+
+
+@swiglu_bwd_op.register_fake
+def _(da, g, u):
+    return (torch.empty_like(g, memory_format=torch.contiguous_format),
+            torch.empty_like(u, memory_format=torch.contiguous_format))
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, da):
+    return swiglu_bwd_op(da, *ctx.saved_tensors)
+
+
+swiglu_fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+def swiglu_triton(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The Triton path with autograd (a torch.library custom op, opaque to torch.compile)."""
+    _check(g, u)
+    return swiglu_fwd_op(g, u)
 
 
 def swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """silu(g) * u: the Triton kernel on CUDA (or when forced), the reference elsewhere."""
     if use_triton(g):
-        return _SwiGLU.apply(g, u)
+        return swiglu_triton(g, u)
     return swiglu_reference(g, u)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kernels.attention import _Attention, attention, attention_reference, attention_triton_fwd, apply_rope
+from kernels.attention import apply_rope, attention, attention_reference, attention_triton, attention_triton_fwd
 
 from .util import DEVICE, DTYPES, assert_matches, randn
 
@@ -44,7 +44,7 @@ def test_forward_and_gradients_match_the_reference(dtype, b, h, length, e, rope,
         o.backward(do.to(dt))
         return [o.detach()] + [t.grad for t in ins]
 
-    got = run(dtype, lambda *x: _Attention.apply(*x, m, *(rp or (None, None))))
+    got = run(dtype, lambda *x: attention_triton(*x, m, rp))
     want = run(torch.float32, lambda *x: attention_reference(*x, m, rp))
     lowp = run(dtype, lambda *x: attention_reference(*x, m, rp))
     for name, a, w, lp in zip(("o", "dq", "dk", "dv"), got, want, lowp):
@@ -70,18 +70,18 @@ def test_lse_is_the_log_sum_exp_and_every_output_is_written():
 def test_masked_keys_are_ignored():
     q, k, v = (randn(1, 2, 40, 32, seed=s) for s in range(3))
     m = _mask(1, 40, 6)
-    o = _Attention.apply(q, k, v, m, None, None)
+    o = attention_triton(q, k, v, m)
     k2, v2 = k.clone(), v.clone()
     k2[:, :, ~m[0]] = 100.0  # anything behind the mask must not matter
     v2[:, :, ~m[0]] = -100.0
-    torch.testing.assert_close(_Attention.apply(q, k2, v2, m, None, None), o)
+    torch.testing.assert_close(attention_triton(q, k2, v2, m), o)
 
 
 def test_rope_matches_rotating_first_and_the_gradient_unrotates():
     q, k, v = (randn(2, 2, 36, 64, seed=s) for s in range(3))
     cos, sin = _rope(36, 64)
-    got = _Attention.apply(q, k, v, None, cos, sin)
-    want = _Attention.apply(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, None, None, None)
+    got = attention_triton(q, k, v, None, (cos, sin))
+    want = attention_triton(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -112,7 +112,7 @@ def test_a_fully_masked_first_key_block_gives_no_nan():
     m = torch.ones(2, 130, dtype=torch.bool, device=DEVICE)
     m[:, :80] = False
     qa, ka, va = (t.clone().requires_grad_(True) for t in (q, k, v))
-    o = _Attention.apply(qa, ka, va, m, None, None)
+    o = attention_triton(qa, ka, va, m)
     o.sum().backward()
     qb, kb, vb = (t.clone().requires_grad_(True) for t in (q, k, v))
     attention_reference(qb, kb, vb, m).sum().backward()

@@ -3,7 +3,7 @@ L, transpose back): forward and the gradients of h and of the three weights (int
 import pytest
 import torch
 
-from kernels.mlp_t import _MlpT, mlp_t, mlp_t_reference, mlp_t_triton_fwd
+from kernels.mlp_t import mlp_t, mlp_t_reference, mlp_t_triton, mlp_t_triton_fwd
 from tdrm.models.layers import swiglu_width
 
 from .util import DEVICE, DTYPES, assert_matches, randn
@@ -31,7 +31,7 @@ def test_forward_and_gradients_match_the_reference(dtype, b, length, d):
         fn(*ins).backward(dy.to(dt))
         return [t.grad for t in ins]
 
-    got = run(dtype, lambda *x: _MlpT.apply(*x, 1e-5))
+    got = run(dtype, lambda *x: mlp_t_triton(*x, 1e-5))
     want = run(torch.float32, lambda *x: mlp_t_reference(*x))
     lowp = run(dtype, lambda *x: mlp_t_reference(*x))
     for name, a, w, lp in zip(("dh", "d gate", "d up", "d down"), got, want, lowp):

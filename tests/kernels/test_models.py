@@ -56,3 +56,42 @@ def test_denoiser_through_the_kernels_matches_the_reference_path(monkeypatch, at
     t = torch.tensor([3, 70]).to(DEVICE)
     puzzle = torch.randint(0, 8, (2, 36), generator=g).to(DEVICE)
     _both_paths(monkeypatch, model, lambda: model(x, t, puzzle))
+
+
+@pytest.mark.parametrize("which", ["trm_mlp_t", "trm_attention", "denoiser"])
+def test_the_triton_ops_trace_whole_under_torch_compile(monkeypatch, which):
+    """The ops are torch.library custom ops (fake shapes, registered autograd): torch.compile
+    captures a TRM step or the denoiser as one graph (fullgraph) with the Triton ops inside, and
+    the compiled forward and backward equal eager. aot_eager: the graph capture and autograd
+    without a C++ build; on a GPU, tests/kernels/test_gpu.py compiles with inductor."""
+    monkeypatch.setenv("TDRM_KERNELS", "triton")
+    torch._dynamo.reset()
+    if which == "denoiser":
+        model = Denoiser(DenoiserConfig(hidden=32, layers=2, heads=2, attention="factorised", cell_mixer="attention"),
+                         steps=3, cells=37, channels=8, vocab=8, prefix=1).to(DEVICE)
+        g = torch.Generator().manual_seed(1)
+        args = (torch.randn(2, 3, 37, 8, generator=g).to(DEVICE), torch.tensor([3, 70]).to(DEVICE),
+                torch.randint(0, 8, (2, 36), generator=g).to(DEVICE))
+
+        def run(*a):
+            return model(*a)
+    else:
+        mixer, pos = ("mlp_t", "learned") if which == "trm_mlp_t" else ("attention", "rope")
+        model = TRM(Model(hidden=64, heads=2, T=2, n=2, n_sup=2, prefix=2, multiple_of=16, mixer=mixer, pos=pos),
+                    cells=36, vocab=8).to(DEVICE)
+        args = (torch.randint(0, 8, (3, 36), generator=torch.Generator().manual_seed(0)).to(DEVICE),)
+
+        def run(tokens):
+            y, z = model.initial_state(3)
+            return model.step(y, z, model.input_embedding(tokens))[2]
+
+    outs = []
+    for fn in (run, torch.compile(run, fullgraph=True, backend="aot_eager")):
+        model.zero_grad()
+        out = fn(*args)
+        out.square().mean().backward()
+        outs.append((out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
+    assert len(outs[1][1]) == len(outs[0][1]) > 5
+    for a, b in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
