@@ -85,14 +85,16 @@ def wire_mongo(tmp_path):
     """A MongoDB wire-protocol server (PyPI nx-27017, SQLite-backed) for this test only; skipped
     when the package is missing. Its quirks stay here: one --data-dir per server so databases do
     not share tables, and fewer than 10 runs per database (it sorts integer _id as text, so
-    Sacred's auto-increment would repeat an id after run 10)."""
+    Sacred's auto-increment would repeat an id after run 10); its own PID file, since with the
+    default one a second server refuses to start while another runs."""
     pytest.importorskip("nx_27017")
     pymongo = pytest.importorskip("pymongo")
     port = _free_port()
     data = tmp_path / "mongo"
     data.mkdir()
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from nx_27017.nx_27017 import main; "
-                             "sys.argv[0] = 'nx-27017'; sys.exit(main())", "--data-dir", str(data), "-p", str(port)],
+                             "sys.argv[0] = 'nx-27017'; sys.exit(main())", "--data-dir", str(data), "-p", str(port),
+                             "--pid-file", str(tmp_path / "nx.pid")],  # its default PID file is shared
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"mongodb://127.0.0.1:{port}"
     client = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
@@ -110,4 +112,8 @@ def wire_mongo(tmp_path):
     yield url
     client.close()
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:  # it does not always stop on SIGTERM while a client lingers
+        proc.kill()
+        proc.wait(10)
