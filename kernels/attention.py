@@ -94,6 +94,22 @@ def _p_ds(q, k, v, do, lse, delta, keep, qk_scale, UPCAST: tl.constexpr, PREC: t
 
 
 @triton.jit
+def _rows(ptr, rows, sl, se, L, E: tl.constexpr):
+    """Rows (R,) of a (L, E) slice through its strides, zero past L: (R, E)."""
+    e = tl.arange(0, E)
+    return tl.load(ptr + rows[:, None] * sl + e[None, :] * se, mask=rows[:, None] < L, other=0.0)
+
+
+@triton.jit
+def _keys_kept(MASK, cols, L, HAS_MASK: tl.constexpr):
+    """(BN,) bool: the key exists and, with a mask, is not masked out. MASK points at the sample's row."""
+    keep = cols < L
+    if HAS_MASK:
+        keep = keep & (tl.load(MASK + cols, mask=cols < L, other=0) != 0)
+    return keep
+
+
+@triton.jit
 def _load_roped(ptr, rows, sl, se, cos_ptr, sin_ptr, L, E: tl.constexpr, HAS_ROPE: tl.constexpr):
     """Rows (R,) of a (L, E) slice, rotated when HAS_ROPE; returns (lo, hi) halves (R, E/2), or the
     whole row twice when not rotating (only the first is used then)."""
@@ -112,8 +128,7 @@ def _load_roped(ptr, rows, sl, se, cos_ptr, sin_ptr, L, E: tl.constexpr, HAS_ROP
         r_hi = (hi32 * c_hi + lo32 * s_hi).to(lo.dtype)
         return r_lo, r_hi
     else:
-        e = tl.arange(0, E)
-        x = tl.load(ptr + rows[:, None] * sl + e[None, :] * se, mask=rm, other=0.0)
+        x = _rows(ptr, rows, sl, se, L, E)
         return x, x
 
 
@@ -140,17 +155,13 @@ def _fwd(Q, K, V, O, LSE, MASK, COS, SIN,
         else:
             s = _dot(q_lo, tl.trans(k_lo), UPCAST, PREC)  # (BM, BN)
         s = s * qk_scale  # base-2 logits
-        valid = cols < L
-        if HAS_MASK:
-            valid = valid & (tl.load(MASK + b * smb + cols, mask=cols < L, other=0) != 0)
-        s = tl.where(valid[None, :], s, float("-inf"))
+        s = tl.where(_keys_kept(MASK + b * smb, cols, L, HAS_MASK)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block with every key masked
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])  # (BM, BN)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + b * svb + h * svh + cols[:, None] * svl + e[None, :] * sve,
-                    mask=cols[:, None] < L, other=0.0)  # (BN, E)
+        v = _rows(V + b * svb + h * svh, cols, svl, sve, L, E)  # (BN, E)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PREC)
         m_i = m_new
     o = acc / l_i[:, None]
@@ -173,18 +184,16 @@ def _bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, MASK,
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     e = tl.arange(0, E)
     cm = cols < L
-    k = tl.load(K + b * skb + h * skh + cols[:, None] * skl + e[None, :] * ske, mask=cm[:, None], other=0.0)
-    v = tl.load(V + b * svb + h * svh + cols[:, None] * svl + e[None, :] * sve, mask=cm[:, None], other=0.0)
-    valid = cm
-    if HAS_MASK:
-        valid = valid & (tl.load(MASK + b * smb + cols, mask=cm, other=0) != 0)
+    k = _rows(K + b * skb + h * skh, cols, skl, ske, L, E)  # (BN, E)
+    v = _rows(V + b * svb + h * svh, cols, svl, sve, L, E)
+    valid = _keys_kept(MASK + b * smb, cols, L, HAS_MASK)
     dk = tl.zeros([BLOCK_N, E], tl.float32)
     dv = tl.zeros([BLOCK_N, E], tl.float32)
     for start in range(0, L, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         rm = rows < L
-        q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sql + e[None, :] * sqe, mask=rm[:, None], other=0.0)
-        do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdl + e[None, :] * sde, mask=rm[:, None], other=0.0)
+        q = _rows(Q + b * sqb + h * sqh, rows, sql, sqe, L, E)  # (BM, E)
+        do = _rows(DO + b * sdb + h * sdh, rows, sdl, sde, L, E)
         lse = tl.load(LSE + bh * L + rows, mask=rm, other=0.0)
         delta = tl.load(DELTA + bh * L + rows, mask=rm, other=0.0)
         p, ds = _p_ds(q, k, v, do, lse, delta, rm[:, None] & valid[None, :], qk_scale, UPCAST, PREC)  # (BM, BN)
@@ -208,19 +217,16 @@ def _bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, MASK,
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     e = tl.arange(0, E)
     rm = rows < L
-    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sql + e[None, :] * sqe, mask=rm[:, None], other=0.0)
-    do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdl + e[None, :] * sde, mask=rm[:, None], other=0.0)
+    q = _rows(Q + b * sqb + h * sqh, rows, sql, sqe, L, E)  # (BM, E)
+    do = _rows(DO + b * sdb + h * sdh, rows, sdl, sde, L, E)
     lse = tl.load(LSE + bh * L + rows, mask=rm, other=0.0)
     delta = tl.load(DELTA + bh * L + rows, mask=rm, other=0.0)
     dq = tl.zeros([BLOCK_M, E], tl.float32)
     for start in range(0, L, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        cm = cols < L
-        valid = cm
-        if HAS_MASK:
-            valid = valid & (tl.load(MASK + b * smb + cols, mask=cm, other=0) != 0)
-        k = tl.load(K + b * skb + h * skh + cols[:, None] * skl + e[None, :] * ske, mask=cm[:, None], other=0.0)
-        v = tl.load(V + b * svb + h * svh + cols[:, None] * svl + e[None, :] * sve, mask=cm[:, None], other=0.0)
+        valid = _keys_kept(MASK + b * smb, cols, L, HAS_MASK)
+        k = _rows(K + b * skb + h * skh, cols, skl, ske, L, E)  # (BN, E)
+        v = _rows(V + b * svb + h * svh, cols, svl, sve, L, E)
         _, ds = _p_ds(q, k, v, do, lse, delta, rm[:, None] & valid[None, :], qk_scale, UPCAST, PREC)
         dq += _dot(ds.to(k.dtype), k, UPCAST, PREC)
     tl.store(DQ + bh * L * E + rows[:, None] * E + e[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),

@@ -1,5 +1,6 @@
 import copy
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,25 @@ def tiny_teacher(tmp_dir: Path, steps: int):
     build(p.data, tmp_dir, progress=False)
     train_teacher(p, tmp_dir, tmp_dir / "t.pt", progress=False)
     return p
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for test servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_traces(tmp_dir: Path, teacher_steps: int, limit: int):
+    """A tiny teacher (`tiny_teacher`) and its recorded traces in `tmp_dir / "tr"`; returns the teacher."""
+    from tdrm.config import Traces
+    from tdrm.pipeline import load_teacher
+    from tdrm.traces.record import record
+    tiny_teacher(tmp_dir, teacher_steps)
+    teacher, _ = load_teacher(tmp_dir / "t.pt")
+    record(teacher, tmp_dir / "t.pt", tmp_dir, tmp_dir / "tr", Traces(limit=limit, shard_size=48, num_aug=1), 0,
+           "cpu", progress=False)
+    return teacher
 
 
 def crash_at(step: int):

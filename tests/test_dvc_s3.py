@@ -3,27 +3,20 @@ through a moto server on 127.0.0.1: push, delete cache and outs, pull, byte-iden
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, free_port
 
 moto_server = pytest.importorskip("moto.server")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3(monkeypatch):
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

@@ -8,15 +8,12 @@ import numpy as np
 import pytest
 
 from tdrm.cli import main
-from tdrm.config import Traces
 from tdrm.data.board import SHAPES, format_board, parse
 from tdrm.eval.plots import trajectory_png
 from tdrm.eval.trajectory import BoardPath, figure_size
-from tdrm.pipeline import load_teacher
-from tdrm.traces.record import record
 from tdrm.train.distill import train_distill
 
-from ..conftest import tiny_params, tiny_teacher
+from ..conftest import tiny_params, tiny_traces
 from ..tracking.conftest import make_runs
 
 SOLUTION = parse("1234341221434321")
@@ -31,9 +28,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp("pictures")
-    tiny_teacher(d, 20)
-    teacher, _ = load_teacher(d / "t.pt")
-    record(teacher, d / "t.pt", d, d / "tr", Traces(limit=40, shard_size=40, num_aug=1), 0, "cpu", progress=False)
+    teacher = tiny_traces(d, 20, limit=40)
     p = tiny_params({"distill": {"steps": 10, "batch": 16, "eval_every": 0, "T": 50, "sample_steps": 3,
                                  "denoiser": {"hidden": 32, "layers": 2, "heads": 2}}})
     train_distill(p, d / "tr", teacher, d / "tdrm.pt", progress=False)

@@ -4,7 +4,6 @@ distill run, and a run left RUNNING with a stale heartbeat (a killed process).""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from tdrm.tracking.sacred_run import tracked_run
+
+from ..conftest import free_port
 
 
 def _teacher(lr, steps):
@@ -74,12 +75,6 @@ def runs_fixture(tmp_path_factory):
     return d, make_runs(d)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def wire_mongo(tmp_path):
     """A MongoDB wire-protocol server (PyPI nx-27017, SQLite-backed) for this test only; skipped
@@ -89,7 +84,7 @@ def wire_mongo(tmp_path):
     default one a second server refuses to start while another runs."""
     pytest.importorskip("nx_27017")
     pymongo = pytest.importorskip("pymongo")
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "mongo"
     data.mkdir()
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from nx_27017.nx_27017 import main; "

@@ -9,7 +9,7 @@ from tdrm.traces.record import record
 from tdrm.train import checkpoint
 from tdrm.train.distill import generate, load_tdrm, train_distill
 
-from ..conftest import crash_at, tiny_params, tiny_teacher
+from ..conftest import crash_at, tiny_params, tiny_teacher, tiny_traces
 
 LEARN_STEPS = 300
 DISTILL = {"steps": 120, "batch": 32, "eval_every": 60, "eval_limit": 10, "T": 50, "sample_steps": 5,
@@ -20,9 +20,7 @@ DISTILL = {"steps": 120, "batch": 32, "eval_every": 60, "eval_limit": 10, "T": 5
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("distill")
-    tiny_teacher(d, 60)
-    teacher, _ = load_teacher(d / "t.pt")
-    record(teacher, d / "t.pt", d, d / "tr", Traces(limit=60, shard_size=48, num_aug=1), 0, "cpu", progress=False)
+    teacher = tiny_traces(d, 60, limit=60)
     return tiny_params({"distill": DISTILL}), d, teacher
 
 
