@@ -1,8 +1,13 @@
-"""Benchmarks that print tables: `python -m tdrm.bench trm` and `python -m tdrm.bench solver`.
+"""Benchmarks that print tables: `python -m tdrm.bench trm`, `solver` and `tdrm`.
 
 trm: training throughput (samples x supervision steps per second), inference puzzles per second
 and peak memory, for the params profile (default: the shipped default profile) and for the
 paper config over a few steps.
+tdrm: TDRM checkpoints against their teacher on one split (issue 13's ablation table): exact
+accuracy with 95% CI at the checkpoint's own sampler, exact McNemar paired tests against the
+teacher and against the first checkpoint, decode accuracy per trajectory row, where the chain
+decides the board (accuracy by denoiser call, cells still changing, early errors fixed later) and
+inference FLOPs per puzzle.
 solver: the exact solver over a whole puzzle file: every puzzle must match its listed answer
 (and rating); prints median / mean / p90 / max ms per puzzle.
 """
@@ -156,6 +161,65 @@ def bench_solver(path: str, limit: int | None, workers: int = 1) -> dict:
             "p90_ms": float(np.percentile(ms, 90)), "max_ms": float(ms.max()), "total_cpu_s": float(ms.sum() / 1000)}
 
 
+def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | None, limit: int | None,
+               device, batch_size: int = 256) -> list[dict]:
+    """One row per checkpoint (see the module doc); the teacher's row first (from the first
+    checkpoint's embedded teacher, which every checkpoint must share)."""
+    from .data.dataset import load_split
+    from .data.board import to_tokens
+    from .eval.compare import teacher_run
+    from .eval.metrics import mcnemar_exact
+    from .eval.tdrm import chain_diagnosis, evaluate_tdrm, inference_cost
+    from .train.distill import load_tdrm
+
+    ps = load_split(data_dir, split)
+    if limit:
+        ps = ps.take(np.arange(min(limit, len(ps))))
+    rows, first = [], None
+    teacher_correct = None
+    for path in checkpoints:
+        model, codec, schedule, ck = load_tdrm(path, device)
+        d = ck["config"]["distill"]
+        s = steps or d["sample_steps"]
+        if teacher_correct is None:
+            k = model.K // codec.layout.rows_per_step
+            t_res, _ = teacher_run(codec.teacher, ps, batch_size, device, k)
+            teacher_correct = t_res["correct"]
+            tokens = torch.as_tensor(to_tokens(ps.puzzles[:8]), device=device)
+            cost = inference_cost(codec, model, tokens, s)
+            rows.append({"model": "teacher", "n": t_res["n"], "exact": t_res["exact_accuracy"],
+                         "ci95": "[{:.3f}, {:.3f}]".format(*t_res["ci95"]),
+                         "by_row": " ".join(f"{v:.3f}" for v in t_res["per_step_exact_accuracy"]),
+                         "gflops": cost["teacher_flops"] / 1e9})
+        t0 = time.perf_counter()
+        res = evaluate_tdrm(model, codec, schedule, ps, sampler="ddim", steps=s, eta=0.0, samples=1,
+                            seed=ck["config"]["common"]["seed"], batch_size=batch_size, device=device)
+        secs = time.perf_counter() - t0
+        diag = chain_diagnosis(model, codec, schedule, ps, steps=s, seed=ck["config"]["common"]["seed"],
+                               batch_size=batch_size, device=device)
+        tokens = torch.as_tensor(to_tokens(ps.puzzles[:8]), device=device)
+        cost = inference_cost(codec, model, tokens, diag["calls"])
+        vs_t = mcnemar_exact(list(res["correct"]), list(teacher_correct))
+        arms = {k: d.get(k) for k in ("state", "row_noise", "row_lag", "ce_rows", "self_correct_prob")}
+        arms["recur"] = d["denoiser"].get("recur", 1)
+        row = {"model": path, "arms": " ".join(f"{k}={v}" for k, v in arms.items()), "n": res["n"],
+               "exact": res["exact_accuracy"], "ci95": "[{:.3f}, {:.3f}]".format(*res["ci95"]),
+               "calls": diag["calls"], "vs_teacher": f"{vs_t['only_first']}/{vs_t['only_second']} p={vs_t['p_value']:.2g}",
+               "by_row": " ".join(f"{v:.3f}" for v in diag["exact_by_row"]),
+               "by_call": " ".join(f"{v:.2f}" for v in diag["exact_by_call"]),
+               "changed_after_early": float(np.sum(diag["blank_changed_by_call"][diag["early_call"]:])),
+               "early_fixed": diag["wrong_after_early_fixed_at_end"],
+               "gflops": cost["tdrm_flops"] / 1e9, "seconds": secs}
+        if first is None:
+            first = res["correct"]
+        else:
+            v = mcnemar_exact(list(res["correct"]), list(first))
+            row["vs_first"] = f"{v['only_first']}/{v['only_second']} p={v['p_value']:.2g}"
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
 def _print(rows: list[dict]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -181,6 +245,9 @@ def run(what: str, **kw) -> int:
             rows.append(bench_trm(prof, kw["params"], steps, 1 if paper else 3, device, batch,
                                   infer_sup_steps=1 if paper else None))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    elif what == "tdrm":
+        rows = bench_tdrm(kw["checkpoint"], kw["data"], kw["split"], kw["steps"], kw["limit"],
+                          resolve_device(kw["device"]), kw["batch_size"])
     else:
         rows = [bench_solver(kw["file"], kw["limit"], kw.get("workers", 1))]
     _print(rows)

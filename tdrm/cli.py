@@ -23,8 +23,21 @@ def cmd_eval(a) -> int:
 
     from .train.checkpoint import load as load_checkpoint
 
+    for opt in ("limit", "batch_size", "steps", "samples"):
+        v = getattr(a, opt)
+        if v is not None and v < 1:
+            raise ValueError(f"--{opt.replace('_', '-')} must be >= 1, got {v}")
     device = resolve_device(a.device)
     kind = load_checkpoint(a.checkpoint).get("kind")
+    if kind != "tdrm":
+        given = [f"--{o}" for o in ("sampler", "eta", "samples", "seed") if getattr(a, o) is not None]
+        if given:
+            raise ValueError(f"{' '.join(given)} apply to TDRM checkpoints; {a.checkpoint} holds a "
+                             f"{kind or 'teacher'} model")
+    elif a.sampler == "ddpm" and a.eta is not None:
+        raise ValueError("--eta applies to the ddim sampler; ddpm always samples at eta 1")
+    elif a.eta is not None and a.eta < 0:
+        raise ValueError(f"--eta must be >= 0, got {a.eta}")
     ps = load_puzzles(a.puzzles, limit=a.limit, skip_bad=a.skip_bad)
     if ps.skipped:
         print(f"skipped {ps.skipped} bad rows", file=sys.stderr)
@@ -58,14 +71,17 @@ def _eval_tdrm(a, ps, device) -> dict:
     from .eval.tdrm import evaluate_tdrm
     from .train.distill import load_tdrm
 
-    model, codec, schedule, ck = load_tdrm(a.checkpoint, device)
+    model, codec, schedule, ck = load_tdrm(a.checkpoint, device, ema=not a.raw)
     if ck["teacher"]["cells"] != ps.shape.cells:
         raise ValueError(f"size mismatch: the checkpoint models {ck['teacher']['cells']}-cell boards "
                          f"but {a.puzzles} has {ps.shape.cells}-cell puzzles")
     d = ck["config"]["distill"]
-    return evaluate_tdrm(model, codec, schedule, ps, sampler=a.sampler or d["sampler"],
-                         steps=a.steps or d["sample_steps"], eta=d["eta"] if a.eta is None else a.eta,
-                         samples=a.samples or d["samples"], seed=ck["config"]["common"]["seed"] if a.seed is None else a.seed,
+    sampler = a.sampler or d["sampler"]
+    eta = 1.0 if sampler == "ddpm" else (d["eta"] if a.eta is None else a.eta)  # what runs is what is recorded
+    return evaluate_tdrm(model, codec, schedule, ps, sampler=sampler,
+                         steps=d["sample_steps"] if a.steps is None else a.steps, eta=eta,
+                         samples=d["samples"] if a.samples is None else a.samples,
+                         seed=ck["config"]["common"]["seed"] if a.seed is None else a.seed,
                          batch_size=a.batch_size, device=device, progress=True)
 
 
@@ -376,6 +392,15 @@ def bench_main(argv: list[str] | None = None) -> int:
     t.add_argument("--paper-batch", type=int, help="batch for the paper config (default: its 768)")
     t.add_argument("--device", default="auto")
     t.add_argument("--out")
+    d = sub.add_parser("tdrm", help="TDRM checkpoints against their teacher (accuracy, paired tests, chain)")
+    d.add_argument("--checkpoint", action="append", required=True, help="repeatable; the first is the paired reference")
+    d.add_argument("--data", default="data/sudoku")
+    d.add_argument("--split", default="test")
+    d.add_argument("--steps", type=int, help="denoiser calls (default: each checkpoint's sample_steps)")
+    d.add_argument("--limit", type=int)
+    d.add_argument("--batch-size", type=int, default=256)
+    d.add_argument("--device", default="auto")
+    d.add_argument("--out")
     s = sub.add_parser("solver", help="exact solver over a whole puzzle file")
     s.add_argument("--file", default="../shared/data/sudoku/forum_hardest_11plus.csv")
     s.add_argument("--limit", type=int)

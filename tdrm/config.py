@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -125,6 +126,7 @@ class Denoiser:
     cell_mixer: str = "attention"  # attention | mlp: how factorised blocks mix cells (mlp: MLP-t, as TRM)
     self_cond: bool = False
     init_seed: int = 0
+    recur: int = 1  # apply the (weight-tied) block stack this many times per call (issue 13, arm 2)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,10 @@ class Distill:
     ce_weight: float = 0.1
     ce_target: str = "solution"  # solution | teacher
     dynamics_weight: float = 0.0  # each generated step one teacher move from the previous (state yz or z)
+    row_noise: str = "shared"  # shared | independent | rolling: one noise level per trajectory or per row
+    row_lag: float = 1.0  # rolling schedule: row r starts r * row_lag of a row's denoising after row 0 (0..1)
+    ce_rows: str = "last"  # last | all: answer CE on the last predicted row or on every row (teacher's argmax)
+    self_correct_prob: float = 0.0  # share of batches noised from the model's own (detached) prediction
     sampler: str = "ddim"  # ddim | ddpm: evaluation defaults, stored in the checkpoint
     sample_steps: int = 20
     eta: float = 0.0
@@ -211,7 +217,7 @@ def _build(cls, raw, where: str):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - set(fields))
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+            raise ConfigError(f"{where}: unknown key {_suggest(unknown[0], fields)}; allowed: {sorted(fields)}")
         hints = typing.get_type_hints(cls)
         return cls(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in raw.items()})
     origin = typing.get_origin(cls)
@@ -231,6 +237,12 @@ def _build(cls, raw, where: str):
     if cls in (int, float, str) and (not isinstance(raw, cls) or (cls is int and isinstance(raw, bool))):
         raise ConfigError(f"{where}: expected {cls.__name__}, got {raw!r}")
     return raw
+
+
+def _suggest(key, valid) -> str:
+    """`'key'` plus the closest valid name, if any is close."""
+    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.5)
+    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -265,24 +277,38 @@ def load(path: str | Path = "params.yaml", overrides: dict | None = None) -> Par
     return from_dict(raw, overrides)
 
 
-def from_dict(raw: dict, overrides: dict | None = None) -> Params:
-    known = set(SECTIONS) | {"profile", "profiles"}
-    unknown = sorted(set(raw) - known)
-    # other issues' sections (traces, distill, rl, ...) live in the same file; keep them out
-    # of this view but refuse typos of our own sections
-    for k in unknown:
-        for s in SECTIONS:
-            if k != s and (k.rstrip("s") == s or s.startswith(k) or k.startswith(s)):
-                raise ConfigError(f"unknown params section {k!r}; did you mean {s!r}?")
-    res = resolve({k: v for k, v in raw.items() if k in known})
-    if overrides:
-        res = _merge(res, overrides)
+def _params(res: dict) -> Params:
     return Params(profile=res["profile"],
                   **{name: _build(cls, res.get(name), name) for name, cls in SECTIONS.items()})
 
 
-def as_dict(obj) -> dict:
-    return dataclasses.asdict(obj)
+def from_dict(raw: dict, overrides: dict | None = None) -> Params:
+    """Validate the whole file, whatever profile is active: every top-level key is a known
+    section, `profile` or `profiles`, and every profile's entries build (unknown keys raise,
+    naming the closest valid name); then return the active profile's view."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: expected a mapping, got {type(raw).__name__}")
+    known = set(SECTIONS) | {"profile", "profiles"}
+    for k in sorted(set(raw) - known, key=str):
+        raise ConfigError(f"unknown params section {_suggest(k, known)}; allowed: {sorted(known)}")
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"profiles: expected a mapping, got {type(profiles).__name__}")
+    base = {k: v for k, v in raw.items() if k not in ("profile", "profiles")}
+    for name, entries in profiles.items():
+        if not isinstance(entries, dict):
+            raise ConfigError(f"profiles.{name}: expected a mapping of sections, got {type(entries).__name__}")
+        for k in entries:
+            if k not in SECTIONS:
+                raise ConfigError(f"profiles.{name}: unknown section {_suggest(k, SECTIONS)}; allowed: {sorted(SECTIONS)}")
+        try:
+            _params({**_merge(base, entries), "profile": name})
+        except ConfigError as e:
+            raise ConfigError(f"profiles.{name}: {e}") from None
+    res = resolve(raw)
+    if overrides:
+        res = _merge(res, overrides)
+    return _params(res)
 
 
 def section_from_dict(cls, raw: dict):

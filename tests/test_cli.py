@@ -71,3 +71,82 @@ def test_bench_prints_tables(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "median_ms" in out and "| 20 " in out
     assert bench_main(["solver", "--file", str(FIXTURES / "hard9.csv"), "--workers", "2"]) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_tdrm(tmp_path_factory):
+    """A tiny teacher, its traces and a 10-step TDRM checkpoint, with the test split as CSV."""
+    from tdrm.data.dataset import load_split
+    from tdrm.data.loaders import write_csv
+    from tdrm.train.distill import train_distill
+
+    from .conftest import tiny_params, tiny_traces
+    d = tmp_path_factory.mktemp("cli_tdrm")
+    teacher = tiny_traces(d, 20, limit=20)
+    p = tiny_params({"distill": {"steps": 10, "eval_every": 0, "sample_steps": 3}})
+    train_distill(p, d / "tr", teacher, d / "tdrm.pt", progress=False)
+    write_csv(d / "test.csv", load_split(d, "test"))
+    return d
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err  # one line, naming the problem
+    return err
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--steps", "0"], "--steps must be >= 1, got 0"), (["--steps", "-1"], "--steps must be >= 1, got -1"),
+    (["--samples", "0"], "--samples must be >= 1, got 0"), (["--limit", "0"], "--limit must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--sampler", "ddpm", "--eta", "0.5"], "--eta applies to the ddim sampler"),
+    (["--eta", "-0.1"], "--eta must be >= 0"),
+])
+def test_eval_refuses_meaningless_tdrm_options(tiny_tdrm, capsys, args, msg):
+    assert main(["eval", "--checkpoint", str(tiny_tdrm / "tdrm.pt"), "--puzzles", str(tiny_tdrm / "test.csv"),
+                 *args]) == 2
+    assert msg in _err(capsys)
+
+
+def test_eval_records_what_ran(tiny_tdrm, tmp_path):
+    """ddpm is recorded at eta 1 (what it runs); --raw loads the raw weights, not the EMA."""
+    import torch
+
+    from tdrm.train.distill import load_tdrm
+    out = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(tiny_tdrm / "tdrm.pt"), "--puzzles", str(tiny_tdrm / "test.csv"),
+                 "--sampler", "ddpm", "--limit", "5", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["sampler"] == "ddpm" and res["eta"] == 1.0 and res["steps"] == 3 and res["weights"] == "ema"
+    ema, raw = load_tdrm(tiny_tdrm / "tdrm.pt")[0], load_tdrm(tiny_tdrm / "tdrm.pt", ema=False)[0]
+    ck = torch.load(tiny_tdrm / "tdrm.pt", weights_only=False)
+    assert all(torch.equal(v, ck["model"][k]) for k, v in raw.state_dict().items())
+    assert any(not torch.equal(v, ck["model"][k]) for k, v in ema.state_dict().items())
+
+
+def test_eval_and_solve_refuse_the_wrong_kind_of_checkpoint(tiny_tdrm, capsys):
+    assert main(["eval", "--checkpoint", str(tiny_tdrm / "t.pt"), "--puzzles", str(tiny_tdrm / "test.csv"),
+                 "--sampler", "ddim", "--samples", "2"]) == 2
+    assert "--sampler --samples apply to TDRM checkpoints" in _err(capsys)
+    assert main(["solve", "1.3..4.....2.1..", "--checkpoint", str(tiny_tdrm / "tdrm.pt")]) == 2
+    assert "holds a 'tdrm' model, not a TRM teacher" in _err(capsys)
+
+
+def test_eval_reports_corrupted_checkpoints_and_malformed_puzzles(tiny_tdrm, tmp_path, capsys):
+    bad = tmp_path / "cut.pt"
+    bad.write_bytes((tiny_tdrm / "tdrm.pt").read_bytes()[:500])  # a truncated download
+    assert main(["eval", "--checkpoint", str(bad), "--puzzles", str(tiny_tdrm / "test.csv")]) == 2
+    assert "cannot read checkpoint" in _err(capsys)
+    rows = (tiny_tdrm / "test.csv").read_text().splitlines()
+    src, q, a, r = rows[1].split(",")
+    malformed = tmp_path / "m.csv"
+    malformed.write_text("\n".join([rows[0], f"{src},{q[:-1]}x,{a},{r}"]) + "\n")
+    assert main(["eval", "--checkpoint", str(tiny_tdrm / "tdrm.pt"), "--puzzles", str(malformed)]) == 2
+    err = _err(capsys)
+    assert "m.csv:2: bad character 'x'" in err
+    short = tmp_path / "s.csv"
+    short.write_text("\n".join([rows[0], f"{src},{q[:-3]},{a},{r}"]) + "\n")
+    assert main(["eval", "--checkpoint", str(tiny_tdrm / "tdrm.pt"), "--puzzles", str(short)]) == 2
+    assert "s.csv" in _err(capsys)
+    assert main(["solve", "1.3..4.....2.1.."[:-2]]) == 2
+    assert "16, 36 or 81" in _err(capsys)

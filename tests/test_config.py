@@ -40,7 +40,8 @@ def test_misspelt_section_and_unknown_profile(params_raw):
 
 def test_dataclasses_are_frozen(params_raw):
     p = config.from_dict(params_raw)
-    with pytest.raises(Exception):
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.teacher.lr = 3.0
 
 
@@ -50,3 +51,30 @@ def test_load_file(tmp_path, params_raw):
     assert config.load(f).teacher.model.hidden == 64
     with pytest.raises(config.ConfigError, match="not found"):
         config.load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("section,closest", [("evalute", "evaluate"), ("teachr", "teacher"), ("date", "data"),
+                                             ("distil", "distill")])
+def test_misspelt_top_level_sections_raise_naming_the_closest(params_raw, section, closest):
+    with pytest.raises(config.ConfigError, match=f"'{section}'.*did you mean '{closest}'"):
+        config.from_dict({**params_raw, section: {}})
+
+
+def test_inactive_profile_entries_are_validated(params_raw):
+    params_raw["profiles"]["paper"]["teacher"]["lrr"] = 3e-4  # profile default is active
+    with pytest.raises(config.ConfigError, match=r"profiles.paper: teacher: unknown key 'lrr' \(did you mean 'lr'\?\)"):
+        config.from_dict(params_raw)
+    params_raw["profiles"]["paper"]["teacher"].pop("lrr")
+    params_raw["profiles"]["sudoku9"]["distil"] = {"steps": 3}
+    with pytest.raises(config.ConfigError, match="profiles.sudoku9: unknown section 'distil'.*'distill'"):
+        config.from_dict(params_raw)
+    params_raw["profiles"]["sudoku9"].pop("distil")
+    params_raw["profiles"]["tiny"]["rl"]["group_size"] = "many"
+    with pytest.raises(config.ConfigError, match="profiles.tiny: rl.group_size: expected int"):
+        config.from_dict(params_raw)
+
+
+def test_unknown_key_names_the_closest_valid_one(params_raw):
+    params_raw["distill"]["row_nosie"] = "rolling"
+    with pytest.raises(config.ConfigError, match="distill: unknown key 'row_nosie' \\(did you mean 'row_noise'\\?\\)"):
+        config.from_dict(params_raw)

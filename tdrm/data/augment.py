@@ -47,15 +47,6 @@ def augment(puzzle: np.ndarray, solution: np.ndarray, shape: Shape,
     return apply_transform(puzzle, shape, t), apply_transform(solution, shape, t)
 
 
-def augment_batch(puzzles: np.ndarray, solutions: np.ndarray, shape: Shape,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One independent random transform per row of (B, L) arrays."""
-    p_out, s_out = np.empty_like(puzzles), np.empty_like(solutions)
-    for i in range(len(puzzles)):
-        p_out[i], s_out[i] = augment(puzzles[i], solutions[i], shape, rng)
-    return p_out, s_out
-
-
 @lru_cache(maxsize=None)
 def _line_perms(groups: int, size: int) -> np.ndarray:
     """Every group-respecting permutation of groups*size lines, (P, groups*size)."""

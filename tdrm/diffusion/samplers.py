@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .logprob import gaussian_log_prob
-from .schedules import Schedule
+from .schedules import Schedule, row_levels
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Step:
     x_t: torch.Tensor
     x0_hat: torch.Tensor
     mean: torch.Tensor
-    sigma: float
+    sigma: float | torch.Tensor  # per-row samplers: (K,) per row
     x_prev: torch.Tensor
     log_prob: torch.Tensor | None  # (B,) or None when deterministic
 
@@ -92,7 +92,10 @@ def _sample(model, x_T, schedule, *, generator, steps, cond, eta, return_path, s
 def sample_ddpm(model, x_T, schedule: Schedule, *, generator: torch.Generator, steps: int | None = None,
                 cond=None, eta: float = 1.0, return_path: bool = False, sigma_floor: float = 0.0) -> Sample:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) with the posterior variance; with fewer
-    `steps` than T it strides over the schedule (the DDIM generalisation at eta = 1)."""
+    `steps` than T it strides over the schedule (the DDIM generalisation at eta = 1). It has no
+    other eta: any other value is refused rather than ignored."""
+    if eta != 1.0:
+        raise ValueError(f"ddpm samples at eta 1 (the posterior variance), got eta={eta}; use ddim for other values")
     return _sample(model, x_T, schedule, generator=generator, steps=steps, cond=cond, eta=1.0,
                    return_path=return_path, sigma_floor=sigma_floor)
 
@@ -102,3 +105,63 @@ def sample_ddim(model, x_T, schedule: Schedule, *, generator: torch.Generator, s
     """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta > 0 stochastic."""
     return _sample(model, x_T, schedule, generator=generator, steps=steps, cond=cond, eta=eta,
                    return_path=return_path, sigma_floor=sigma_floor)
+
+
+def row_step(schedule: Schedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
+             eta: float, sigma_floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDIM's reverse step taken row by row: x_t, x0_hat (B, K, L, C), levels t, t_prev (K,) or
+    (B, K) -> (mean (B, K, L, C), sigma (K,) or (B, K)). A row whose level does not change is left as
+    it is (mean = x_t, sigma = 0); a row that reaches level 0 gets sigma 0 (its clean estimate)."""
+    ab = schedule.alpha_bar.to(x_t.device)
+    ab_t, ab_p = ab[t], ab[t_prev]  # float64, shape of t
+    moves = t_prev < t
+    sigma = eta * ((1 - ab_p) / (1 - ab_t).clamp_min(1e-12) * (1 - ab_t / ab_p)).clamp_min(0).sqrt()
+    sigma = torch.where(moves & (t_prev > 0), sigma.clamp_min(sigma_floor), torch.zeros_like(sigma))
+    c_eps = (1 - ab_p - sigma ** 2).clamp_min(0).sqrt()
+
+    def bc(v):  # levels (..., K) -> broadcastable over (B, K, L, C)
+        v = v.to(x_t.dtype)
+        return v.view(*v.shape, 1, 1) if v.dim() == 2 else v.view(1, -1, 1, 1)
+    eps_hat = (x_t - bc(ab_t.sqrt()) * x0_hat) / bc((1 - ab_t).clamp_min(1e-12).sqrt())
+    mean = bc(ab_p.sqrt()) * x0_hat + bc(c_eps) * eps_hat
+    return torch.where(bc(moves) > 0, mean, x_t), sigma
+
+
+def row_rounds(rows: int, steps: int, lag: float, T: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(levels, next levels) (rows,) of each sampling round of the rolling schedule: `steps` rounds
+    from progress 0 to 1; rounds in which no row moves are dropped (they cost no call)."""
+    if steps < 1:
+        raise ValueError(f"sampling steps must be >= 1, got {steps}")
+    lv = row_levels(torch.linspace(0, 1, steps + 1, dtype=torch.float64), rows, lag, T)  # (S+1, K)
+    return [(lv[m], lv[m + 1]) for m in range(steps) if bool((lv[m + 1] < lv[m]).any())]
+
+
+def sample_rows(model, x_T, schedule: Schedule, *, generator: torch.Generator, steps: int, lag: float,
+                cond=None, eta: float = 0.0, return_path: bool = False, sigma_floor: float = 0.0) -> Sample:
+    """Per-row sampling for a model trained with one noise level per trajectory row (Diffusion
+    Forcing, arXiv 2407.01392): `model(x_t, t (B, K), cond)`; each round moves every row from its
+    level to the next one of the rolling schedule (`row_levels`), earlier rows becoming clean first.
+    Each round is Gaussian per row; its exact log-probability is the sum over the rows that moved
+    with sigma > 0 (None when none did)."""
+    b, k = x_T.shape[:2]
+    x = x_T
+    out = Sample(x_T)
+    for t, t_prev in row_rounds(k, steps, lag, schedule.T):
+        t, t_prev = t.to(x.device), t_prev.to(x.device)
+        x0_hat = model(x, t.expand(b, k), cond)
+        mean, sigma = row_step(schedule, x, x0_hat, t, t_prev, eta, sigma_floor)
+        noisy = sigma > 0
+        if bool(noisy.any()):
+            z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+            x_prev = mean + sigma.to(x.dtype).view(1, -1, 1, 1) * z
+            lp = None
+            if return_path:
+                lp = sum(gaussian_log_prob(x_prev[:, r], mean[:, r], float(sigma[r]))
+                         for r in range(k) if bool(noisy[r]))
+        else:
+            x_prev, lp = mean, None
+        if return_path:
+            out.path.append(Step(t, t_prev, x, x0_hat, mean, sigma, x_prev, lp))
+        x = x_prev
+    out.x0 = x
+    return out

@@ -26,7 +26,7 @@ SCHEDULES = {"sqrt": alpha_bar_sqrt, "cosine": alpha_bar_cosine}
 
 @dataclass(frozen=True)
 class Schedule:
-    """Discrete schedule over steps 0..T: alpha_bar[0] = 1 (clean), betas[t] for t >= 1."""
+    """Discrete schedule over steps 0..T: alpha_bar[0] = 1 (clean)."""
 
     alpha_bar: torch.Tensor  # (T+1,) float64
     name: str
@@ -34,13 +34,6 @@ class Schedule:
     @property
     def T(self) -> int:
         return len(self.alpha_bar) - 1
-
-    def betas(self) -> torch.Tensor:
-        """(T+1,) with betas[0] = 0: beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}, clipped to 0.999."""
-        ab = self.alpha_bar
-        b = torch.zeros_like(ab)
-        b[1:] = (1 - ab[1:] / ab[:-1]).clamp(max=0.999)
-        return b
 
 
 def shift_snr(alpha_bar: torch.Tensor, scale: float) -> torch.Tensor:
@@ -68,7 +61,25 @@ def make_schedule(name: str, T: int, shift: float = 1.0) -> Schedule:
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, with t (B,) integer steps."""
-    ab = schedule.alpha_bar.to(x0.device)[t].to(x0.dtype)  # (B,)
-    ab = ab.view(-1, *([1] * (x0.dim() - 1)))
+    """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, with t (B,) integer steps (one level per sample)
+    or (B, K) (one level per trajectory row of x0 (B, K, ...))."""
+    ab = schedule.alpha_bar.to(x0.device)[t].to(x0.dtype)  # (B,) or (B, K)
+    ab = ab.view(*t.shape, *([1] * (x0.dim() - t.dim())))
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+def row_levels(progress: torch.Tensor, rows: int, lag: float, T: int) -> torch.Tensor:
+    """Per-row integer noise levels of the rolling schedule (Diffusion Forcing's pyramid /
+    Rolling Diffusion), progress p (...,) in [0, 1] -> (..., rows) steps in 0..T:
+
+        tau_r(p) = clip(1 - (p (1 + (rows - 1) lag) - r lag), 0, 1),   t_r = round(T tau_r).
+
+    p = 0 is pure noise everywhere, p = 1 clean everywhere; row r starts denoising when row r - 1 is
+    a fraction `lag` of the way: lag 0 = one shared level (plain diffusion), lag 1 = row by row
+    (autoregressive over rows), in between overlapping (the pyramid)."""
+    if not 0.0 <= lag <= 1.0:
+        raise ValueError(f"distill.row_lag must be in [0, 1], got {lag}")
+    r = torch.arange(rows, dtype=torch.float64, device=progress.device)
+    p = progress.double()[..., None]
+    tau = (1 - (p * (1 + (rows - 1) * lag) - r * lag)).clamp(0.0, 1.0)
+    return torch.round(tau * T).long()

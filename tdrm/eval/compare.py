@@ -11,7 +11,7 @@ from ..data.board import to_tokens
 from ..data.loaders import PuzzleSet
 from ..train.checkpoint import CheckpointError
 from ..train.distill import load_tdrm
-from .metrics import mcnemar_exact, wilson
+from .metrics import mcnemar_exact
 from .tdrm import evaluate_tdrm, inference_cost
 from .teacher import score
 

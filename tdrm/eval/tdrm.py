@@ -105,3 +105,46 @@ def inference_cost(codec, model, tokens: torch.Tensor, steps: int) -> dict:
             "denoiser_flops_per_call": d_flops, "tdrm_network_evals": steps, "tdrm_flops": steps * d_flops + head,
             "teacher_params": sum(p.numel() for p in teacher.parameters()),
             "tdrm_params": sum(p.numel() for p in model.parameters())}
+
+
+@torch.no_grad()
+def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: int, batch_size: int = 256,
+                    device="cpu", early: int | None = None) -> dict:
+    """Where the deterministic sampling chain decides the board (issue 13, section 1).
+
+    For every denoiser call m of a `steps`-call chain (DDIM eta 0, or the rolling per-row schedule),
+    the answer decoded from that call's estimate x0_hat: exact and cell accuracy, and the share of
+    blank cells whose decoded digit differs from the previous call's. `early` (default steps // 3):
+    of the blank cells wrong after call `early`, the share right at the end (the chain correcting
+    itself). Per row k of the final trajectory: its decoded exact accuracy (progress along rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    early = max(1, steps // 3) if early is None else early
+    exact, cell, changed, rows_exact = [], [], [], []
+    wrong_early = fixed_later = blanks = 0
+    for i in range(0, len(ps), batch_size):
+        p = torch.as_tensor(ps.puzzles[i:i + batch_size], device=device).long()
+        s = torch.as_tensor(ps.solutions[i:i + batch_size], device=device).long()
+        tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
+        out = generate(model, tokens, schedule, sampler="ddim", steps=steps, eta=0.0, generator=gen, return_path=True)
+        boards = torch.stack([codec.answer_logits(st.x0_hat).argmax(-1) - 1 for st in out.path])  # (M, B, N)
+        right = boards == s[None]
+        blank = p == 0  # (B, N)
+        exact.append(right.all(-1).float().sum(1).cpu())
+        cell.append(right.float().mean(-1).sum(1).cpu())
+        ch = (boards[1:] != boards[:-1]) & blank[None]
+        changed.append(torch.cat([torch.zeros(1), ch.float().sum((1, 2)).cpu()]))
+        blanks += int(blank.sum())
+        e = min(early, len(out.path)) - 1
+        we = ~right[e] & blank
+        wrong_early += int(we.sum())
+        fixed_later += int((we & right[-1]).sum())
+        rows = codec.step_logits(out.x0).argmax(-1) - 1  # (B, K, N)
+        rows_exact.append((rows == s[:, None]).all(-1).float().sum(0).cpu())
+    n = len(ps)
+    return {"n": n, "calls": len(exact[0]), "early_call": early,
+            "exact_by_call": [float(v) for v in torch.stack(exact).sum(0) / n],
+            "cell_by_call": [float(v) for v in torch.stack(cell).sum(0) / n],
+            "blank_changed_by_call": [float(v) for v in torch.stack(changed).sum(0) / max(blanks, 1)],
+            "wrong_after_early_fixed_at_end": fixed_later / max(wrong_early, 1),
+            "wrong_blank_cells_after_early": wrong_early,
+            "exact_by_row": [float(v) for v in torch.stack(rows_exact).sum(0) / n]}

@@ -78,7 +78,8 @@ def tdrm_path(model, codec, schedule, puzzle: np.ndarray, *, over: str = "steps"
             title = f"TDRM, generated trajectory per supervision step ({sampler}, {steps} sampling steps)"
         else:
             logits = torch.stack([codec.answer_logits(s.x0_hat)[0] for s in out.path])  # (S, C, V)
-            labels = [f"call {i + 1} (t={s.t})" for i, s in enumerate(out.path)]
+            labels = [f"call {i + 1} (t={s.t if isinstance(s.t, int) else '/'.join(map(str, s.t.tolist()))})"
+                      for i, s in enumerate(out.path)]
             title = f"TDRM, final answer of the x0 estimate per sampling step ({sampler})"
     boards, conf = _decode(logits)
     return BoardPath(puzzle, _solution(puzzle, shape), boards, conf, labels, shape, title)

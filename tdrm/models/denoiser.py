@@ -62,10 +62,14 @@ class DenoiserBlock(nn.Module):
         nn.init.zeros_(self.ada.bias)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        """h (B, K1, L, D), temb (B, D)."""
+        """h (B, K1, L, D), temb (B, D) (one noise level per sample) or (B, K1, D) (one per row)."""
         b, k1, l, d = h.shape
-        s1, c1, g1, s2, c2, g2 = self.ada(F.silu(temb)).chunk(6, dim=-1)  # each (B, D)
-        hf = h.reshape(b, k1 * l, d)  # (B, N, D) tokens
+        if temb.dim() == 3:  # per-row modulation: each row is its own adaLN "sample" of L tokens
+            s1, c1, g1, s2, c2, g2 = self.ada(F.silu(temb)).reshape(b * k1, 6 * d).chunk(6, dim=-1)  # (B K1, D)
+            hf = h.reshape(b * k1, l, d)
+        else:
+            s1, c1, g1, s2, c2, g2 = self.ada(F.silu(temb)).chunk(6, dim=-1)  # each (B, D)
+            hf = h.reshape(b, k1 * l, d)  # (B, N, D) tokens
         x = adaln(hf, s1, c1)[1].reshape(b, k1, l, d)  # modulate(layer_norm(h)), kernels.adaln
         if self.axis == "all":
             a = self.attn(x.reshape(b, k1 * l, d)).reshape(b, k1, l, d)
@@ -76,17 +80,23 @@ class DenoiserBlock(nn.Module):
         else:
             a = rearrange(self.attn(rearrange(x, "b k l d -> (b k) l d")), "(b k) l d -> b k l d", b=b)
         # h + g1 a and the next sublayer's modulated norm in one op
-        hf, x = adaln(hf, s2, c2, a.reshape(b, k1 * l, d), g1)
+        hf, x = adaln(hf, s2, c2, a.reshape(hf.shape), g1)
         return (hf + g2[:, None] * self.mlp(x)).reshape(b, k1, l, d)
 
 
 class Denoiser(nn.Module):
-    def __init__(self, cfg: DenoiserConfig, steps: int, cells: int, channels: int, vocab: int, prefix: int = 0):
+    def __init__(self, cfg: DenoiserConfig, steps: int, cells: int, channels: int, vocab: int, prefix: int = 0,
+                 row_lag: float | None = None):
+        """`row_lag`: None when trained with one noise level per sample; else the model takes one
+        level per row and is sampled with the rolling schedule of that lag (`samplers.sample_rows`)."""
         super().__init__()
+        self.row_lag = row_lag
         if not 0 <= prefix < cells:
             raise ValueError(f"prefix positions must be in 0..{cells - 1}, got {prefix}")
         if cfg.attention not in ("full", "factorised"):
             raise ValueError(f"denoiser attention must be 'full' or 'factorised', got {cfg.attention!r}")
+        if cfg.recur < 1:
+            raise ValueError(f"denoiser recur must be >= 1, got {cfg.recur}")
         if cfg.cell_mixer not in ("attention", "mlp"):
             raise ValueError(f"denoiser cell_mixer must be 'attention' or 'mlp', got {cfg.cell_mixer!r}")
         self.cfg, self.K, self.L, self.C, self.P = cfg, steps, cells, channels, prefix
@@ -110,7 +120,8 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, puzzle: torch.Tensor,
                 x0_prev: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t (B, K, L, C), t (B,) steps, puzzle tokens (B, N) -> x0_hat (B, K, L, C)."""
+        """x_t (B, K, L, C), t (B,) steps or (B, K) one step per row (the clean puzzle row at 0),
+        puzzle tokens (B, N) -> x0_hat (B, K, L, C)."""
         b = x_t.shape[0]
         if x_t.shape[1:] != (self.K, self.L, self.C):
             raise ValueError(f"expected trajectories (B, {self.K}, {self.L}, {self.C}), got {tuple(x_t.shape)}")
@@ -124,10 +135,21 @@ class Denoiser(nn.Module):
             cond = torch.cat([self.prefix.expand(b, -1, -1), cond], dim=1)
         cond = cond[:, None]  # (B, 1, L, D): the clean puzzle row, also added to every step
         h = torch.cat([cond, h + cond], dim=1) + self.step_pos[None, :, None] + self.cell_pos[None, None]
-        temb = self.time(timestep_embedding(t, self.cfg.hidden))  # (B, D)
-        for blk in self.blocks:
-            h = blk(h, temb)
-        shift, scale = self.final_ada(F.silu(temb)).chunk(2, dim=-1)
         d = self.cfg.hidden
-        h = adaln(h[:, 1:].reshape(b, -1, d), shift, scale)[1]  # modulate(layer_norm(.)), kernels.adaln
+        if t.dim() == 2:  # per-row levels (B, K); the puzzle row is clean
+            if t.shape != (b, self.K):
+                raise ValueError(f"expected per-row steps ({b}, {self.K}), got {tuple(t.shape)}")
+            t1 = torch.cat([torch.zeros_like(t[:, :1]), t], dim=1)  # (B, K1)
+            temb = self.time(timestep_embedding(t1.reshape(-1), d)).reshape(b, self.K + 1, d)  # (B, K1, D)
+        else:
+            temb = self.time(timestep_embedding(t, d))  # (B, D)
+        for _ in range(self.cfg.recur):  # weight-tied recursion over the block stack
+            for blk in self.blocks:
+                h = blk(h, temb)
+        if temb.dim() == 3:
+            shift, scale = self.final_ada(F.silu(temb[:, 1:])).reshape(b * self.K, 2 * d).chunk(2, dim=-1)
+            h = adaln(h[:, 1:].reshape(b * self.K, self.L, d), shift, scale)[1]
+        else:
+            shift, scale = self.final_ada(F.silu(temb)).chunk(2, dim=-1)
+            h = adaln(h[:, 1:].reshape(b, -1, d), shift, scale)[1]  # modulate(layer_norm(.)), kernels.adaln
         return self.out(h).reshape(b, self.K, self.L, self.C)

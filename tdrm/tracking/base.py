@@ -31,3 +31,32 @@ class MemoryTracker(Tracker):
 
     def log_scalar(self, name, value, step):
         self.scalars.setdefault(name, []).append((step, float(value)))
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by *** (scheme://user:***@host/...): what messages, run
+    records and the report may show of a database URL."""
+    from urllib.parse import urlsplit, urlunsplit
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
+        return url
+    creds, host = parts.netloc.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    netloc = f"{user}:***@{host}" if ":" in creds else f"{user}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (an error message) with the URL and its password, wherever they appear, masked."""
+    from urllib.parse import unquote, urlsplit
+    text = text.replace(url, mask_url(url))
+    try:
+        pw = urlsplit(url).password
+    except ValueError:
+        pw = None
+    for secret in {pw, unquote(pw)} if pw else ():
+        text = text.replace(secret, "***")
+    return text

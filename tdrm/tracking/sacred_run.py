@@ -59,7 +59,8 @@ def mongo_observer():
         client = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000)
         client.admin.command("ping")
     except Exception as e:  # pymongo raises several connection error types
-        print(f"TDRM_MONGO_URL={url} is unreachable ({type(e).__name__}); recording to FileStorage only",
+        from .base import mask_url
+        print(f"TDRM_MONGO_URL={mask_url(url)} is unreachable ({type(e).__name__}); recording to FileStorage only",
               file=sys.stderr)
         return None
     return MongoObserver(client=client, db_name=db)

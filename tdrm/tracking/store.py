@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .base import mask_url, scrub
+
 RECORD_KEYS = ("id", "source", "stage", "status", "start", "stop", "duration_s", "host", "git_commit",
                "dvc_exp", "dvc_baseline", "run_uid", "params", "metrics")
 STALE = timedelta(minutes=10)  # a RUNNING run whose heartbeat is older than this has died
@@ -163,12 +165,13 @@ class MongoRuns:
     def __init__(self, url: str, db: str = "tdrm", timeout_ms: int = 3000, client=None):
         import pymongo
 
-        self.url = url
+        self.url = mask_url(url)  # only the masked form is kept for messages
         self.client = client or pymongo.MongoClient(url, serverSelectionTimeoutMS=timeout_ms)
         try:
             self.client.admin.command("ping")
         except Exception as e:  # pymongo's connection errors have several types
-            raise ConnectionError(f"MongoDB at {url} is unreachable ({type(e).__name__}: {e})") from None
+            raise ConnectionError(f"MongoDB at {self.url} is unreachable ({type(e).__name__}: "
+                                  f"{scrub(str(e), url)})") from None
         self.db = self.client[db]
 
     def ids(self) -> list[str]:

@@ -19,9 +19,9 @@ from tqdm import tqdm
 from ..config import Params
 from ..data.board import to_tokens
 from ..device import resolve_device
-from ..diffusion.losses import answer_ce, denoising_mse, loss_weights
-from ..diffusion.samplers import sample_ddim, sample_ddpm
-from ..diffusion.schedules import make_schedule, q_sample
+from ..diffusion.losses import answer_ce, denoising_mse, loss_weights, row_mse, rows_ce
+from ..diffusion.samplers import row_step, sample_ddim, sample_ddpm, sample_rows
+from ..diffusion.schedules import make_schedule, q_sample, row_levels
 from ..diffusion.trajectory import Codec, Layout, Standardizer, fit_standardizer, state_tensor
 from ..models.denoiser import Denoiser
 from ..tracking.base import Tracker
@@ -51,11 +51,68 @@ def generate(model: Denoiser, puzzle_tokens: torch.Tensor, schedule, *, sampler:
     sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob)."""
     b = puzzle_tokens.shape[0]
     x_T = torch.randn((b, model.K, model.L, model.C), generator=generator).to(puzzle_tokens.device)
-    fn = SAMPLERS[sampler]
-    kw = {} if sampler == "ddpm" else {"eta": eta}
-    out = fn(SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
-             return_path=return_path, sigma_floor=sigma_floor, **kw)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+    if sampler == "ddpm" and eta != 1.0:
+        raise ValueError(f"ddpm samples at eta 1 (the posterior variance), got eta={eta}; use ddim for other values")
+    if getattr(model, "row_lag", None) is not None:  # trained with one noise level per row: rolling schedule
+        out = sample_rows(SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
+                          lag=model.row_lag, eta=eta, return_path=return_path, sigma_floor=sigma_floor)
+        return out if return_path else out.x0
+    out = SAMPLERS[sampler](SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
+                            eta=eta, return_path=return_path, sigma_floor=sigma_floor)
     return out if return_path else out.x0
+
+
+ROW_NOISE = ("shared", "independent", "rolling")
+
+
+def check_arms(cfg) -> None:
+    """Clear errors for the distillation switches of issue 13."""
+    if cfg.row_noise not in ROW_NOISE:
+        raise ValueError(f"distill.row_noise must be one of {ROW_NOISE}, got {cfg.row_noise!r}")
+    if not 0.0 <= cfg.row_lag <= 1.0:
+        raise ValueError(f"distill.row_lag must be in [0, 1], got {cfg.row_lag}")
+    if cfg.ce_rows not in ("last", "all"):
+        raise ValueError(f"distill.ce_rows must be last or all, got {cfg.ce_rows!r}")
+    if cfg.ce_rows == "all" and cfg.state == "z":
+        raise ValueError("distill.ce_rows all needs state y or yz (one modelled row per supervision step)")
+    if not 0.0 <= cfg.self_correct_prob <= 1.0:
+        raise ValueError(f"distill.self_correct_prob must be in [0, 1], got {cfg.self_correct_prob}")
+    if cfg.sampler == "ddpm" and cfg.eta != 1.0:
+        raise ValueError(f"distill.sampler ddpm samples at eta 1; got distill.eta {cfg.eta} (use ddim for other values)")
+    if cfg.sample_steps < 1:
+        raise ValueError(f"distill.sample_steps must be >= 1, got {cfg.sample_steps}")
+
+
+def row_lag_of(cfg) -> float | None:
+    """The denoiser's sampling schedule: None for one shared level, else the rolling lag."""
+    return None if cfg.row_noise == "shared" else float(cfg.row_lag)
+
+
+def draw_levels(cfg, b: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training noise levels t and the levels t_hi one sampling round earlier (noisier), as the
+    sampler visits them: (B,) each for a shared level, (B, K) for per-row levels.
+    shared: t ~ U{1..T}; independent: every row's t ~ U{0..T} (Diffusion Forcing); rolling: a
+    progress p ~ U(0, 1) through the rolling schedule of `row_lag` (`row_levels`)."""
+    T, dt = cfg.T, 1.0 / cfg.sample_steps
+    if cfg.row_noise == "shared":
+        t = torch.randint(1, T + 1, (b,), generator=gen)
+        return t, (t + max(T // cfg.sample_steps, 1)).clamp(max=T)
+    if cfg.row_noise == "independent":
+        t = torch.randint(0, T + 1, (b, k), generator=gen)
+        return t, torch.where(t > 0, (t + max(T // cfg.sample_steps, 1)).clamp(max=T), t)
+    p = torch.rand((b,), generator=gen, dtype=torch.float64)
+    return row_levels(p, k, cfg.row_lag, T), row_levels((p - dt).clamp(min=0.0), k, cfg.row_lag, T)
+
+
+def self_correct_input(schedule, x_hi: torch.Tensor, x0_hi: torch.Tensor, t_hi: torch.Tensor,
+                       t: torch.Tensor) -> torch.Tensor:
+    """x_t made by the deterministic DDIM step from x_hi at t_hi with the model's estimate x0_hi
+    (what sampling feeds the next call), per sample (B,) or per row (B, K) levels."""
+    if t.dim() == 1:
+        t, t_hi = t[:, None].expand(-1, x_hi.shape[1]), t_hi[:, None].expand(-1, x_hi.shape[1])
+    return row_step(schedule, x_hi, x0_hi, t_hi, t, eta=0.0)[0]
 
 
 def _batches(reader: TraceReader, batch: int, seed: int, epoch: int):
@@ -80,6 +137,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
                          "from every cycle's z")
     if cfg.dynamics_weight and cfg.final_only:
         raise ValueError("the dynamics-consistency term needs the whole trajectory, not final_only")
+    check_arms(cfg)
     stdz = fit_standardizer(reader, layout)
 
     def trajectory(shard: dict) -> torch.Tensor:  # (B, R, L, C) raw states; R = 1 for the control
@@ -87,7 +145,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         return x[:, -1:] if cfg.final_only else x
 
     k, l, c = trajectory(reader.load_shard(0, ["y", "z"])).shape[1:]
-    model = Denoiser(cfg.denoiser, k, l, c, teacher.vocab, prefix=layout.prefix).to(device)
+    model = Denoiser(cfg.denoiser, k, l, c, teacher.vocab, prefix=layout.prefix, row_lag=row_lag_of(cfg)).to(device)
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -157,16 +215,32 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         else:
             target = torch.as_tensor(batch["logits"][:, -1].argmax(-1), device=device).long()
         b = x0.shape[0]
-        t = torch.randint(1, cfg.T + 1, (b,), generator=gen).to(device)
+        t, t_hi = draw_levels(cfg, b, x0.shape[1], gen)
+        t, t_hi = t.to(device), t_hi.to(device)
         eps = torch.randn(x0.shape, generator=gen).to(device)
         x_t = q_sample(x0, t, schedule, eps)
         prev = None
-        if cfg.denoiser.self_cond and torch.rand((), generator=gen).item() < cfg.self_cond_prob:
+        if cfg.self_correct_prob and torch.rand((), generator=gen).item() < cfg.self_correct_prob:
+            # error-correcting batch: the model's own (detached) estimate one sampling round noisier,
+            # moved to t by the deterministic reverse step, is what it must denoise (and its self-cond input)
+            with torch.no_grad():
+                x_hi = q_sample(x0, t_hi, schedule, eps)
+                x0_hi = model(x_hi, t_hi, puzzle)
+                x_t = self_correct_input(schedule, x_hi, x0_hi, t_hi, t)
+                prev = x0_hi if cfg.denoiser.self_cond else None
+        elif cfg.denoiser.self_cond and torch.rand((), generator=gen).item() < cfg.self_cond_prob:
             with torch.no_grad():
                 prev = model(x_t, t, puzzle)
         x0_hat = model(x_t, t, puzzle, prev)
-        mse = denoising_mse(x0_hat, x0, loss_weights(schedule, t, cfg.loss_weighting))
-        ce = answer_ce(codec.answer_logits(x0_hat), target)
+        weights = loss_weights(schedule, t, cfg.loss_weighting)
+        noisy = t > 0 if t.dim() == 2 else None  # (B, K) rows that carry a loss
+        mse = denoising_mse(x0_hat, x0, weights) if noisy is None else row_mse(x0_hat, x0, weights, noisy)
+        if cfg.ce_rows == "all":
+            targets = torch.as_tensor(batch["logits"][:, -x0.shape[1]:].argmax(-1), device=device).long()
+            targets[:, -1] = target
+            ce = rows_ce(codec.step_logits(x0_hat), targets, noisy)
+        else:
+            ce = answer_ce(codec.answer_logits(x0_hat), target)
         loss = mse + cfg.ce_weight * ce
         dyn = torch.zeros(())
         if cfg.dynamics_weight:
@@ -203,8 +277,9 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             "params": sum(p.numel() for p in model.parameters()), "history": history}
 
 
-def load_tdrm(path: str | Path, device="cpu"):
-    """(denoiser with EMA weights, codec (with the frozen teacher), schedule, checkpoint)."""
+def load_tdrm(path: str | Path, device="cpu", ema: bool = True):
+    """(denoiser with EMA weights (raw weights with `ema=False`), codec (with the frozen teacher),
+    schedule, checkpoint)."""
     from ..config import Model, section_from_dict
     from ..models.trm import TRM
 
@@ -221,8 +296,8 @@ def load_tdrm(path: str | Path, device="cpu"):
     # checkpoints written before states z / prefix positions existed carry no layout
     layout = Layout(**ck["layout"]) if "layout" in ck else Layout.of(dcfg.state, teacher.cfg,
                                                                      ck["traces_header"]["config"])
-    model = Denoiser(dcfg.denoiser, k, l, c, tinfo["vocab"], prefix=layout.prefix).to(device)
-    model.load_state_dict(ck["ema"])
+    model = Denoiser(dcfg.denoiser, k, l, c, tinfo["vocab"], prefix=layout.prefix, row_lag=row_lag_of(dcfg)).to(device)
+    model.load_state_dict(ck["ema" if ema else "model"])
     model.eval()
     codec = Codec(teacher, layout, Standardizer(ck["stats"]["mean"], ck["stats"]["std"]), ck["projection"])
     return model, codec, make_schedule(dcfg.schedule, dcfg.T, dcfg.shift), ck

@@ -4,7 +4,7 @@ import torch
 
 from kernels.adaln import adaln, adaln_reference, adaln_triton, adaln_triton_fwd
 
-from .util import DEVICE, DTYPES, assert_matches, randn
+from .util import DTYPES, assert_matches, randn
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -2,13 +2,12 @@
 (idempotent), against the wire-protocol server nx-27017 (skipped without it), and the fallback to
 FileStorage when the server is unreachable."""
 import json
-import os
 
 import pytest
 
 from tdrm.cli import main
 from tdrm.tracking.sacred_run import tracked_run
-from tdrm.tracking.store import FileRuns, MongoRuns, list_runs, sync_to_mongo
+from tdrm.tracking.store import FileRuns, MongoRuns, list_runs
 
 from .conftest import make_runs
 
@@ -71,3 +70,25 @@ def test_unreachable_mongo_falls_back_to_file_storage(tmp_path, monkeypatch, cap
     with pytest.raises(ValueError, match="needs a MongoDB"):
         from tdrm.cli import build_parser, cmd_runs_sync
         cmd_runs_sync(build_parser().parse_args(["runs", "sync"]))
+
+
+def test_no_credential_is_printed_or_recorded(tmp_path, monkeypatch, capsys):
+    """An unreachable URL with user and password: messages and the Sacred run show the user and
+    *** for the password, never the password itself."""
+    from tdrm.tracking.base import mask_url
+    secret = "pa55-w0rd"
+    url = f"mongodb://alice:{secret}@127.0.0.1:9/tdrm?authSource=admin"
+    assert mask_url(url) == "mongodb://alice:***@127.0.0.1:9/tdrm?authSource=admin"
+    assert mask_url("mongodb://127.0.0.1:9") == "mongodb://127.0.0.1:9"
+    monkeypatch.setenv("TDRM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("TDRM_MONGO_URL", url)
+    tracked_run("teacher", {"teacher": {"lr": 0.5}}, lambda tracker: {"exact_accuracy": 1.0}, seed=0)
+    err = capsys.readouterr().err
+    assert "alice:***@127.0.0.1:9" in err and secret not in err
+    assert main(["runs", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "alice:***@" in err and secret not in err
+    assert main(["runs", "list", "--mongo", url]) == 2
+    assert secret not in capsys.readouterr().err
+    recorded = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    assert recorded and secret not in recorded

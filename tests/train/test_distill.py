@@ -30,12 +30,17 @@ def test_denoising_loss_falls_and_checkpoint_samples(setup, tmp_path):
     res = train_distill(p, d / "tr", teacher, tmp_path / "tdrm.pt", tracker=tr, progress=False, log_every=20)
     mse = [v for _, v in tr.scalars["distill.mse"]]
     assert mse[-1] < 0.7 * mse[0], mse
-    assert 0.0 <= res["val_exact_accuracy_ema"] <= 1.0
+    val = [v for _, v in tr.scalars["distill.val_exact_ema"]]
+    assert res["val_exact_accuracy_ema"] == val[-1] and len(val) == 2  # evaluated at 60 and 120 steps
     model, codec, sched, ck = load_tdrm(tmp_path / "tdrm.pt")
     tokens = torch.randint(1, 6, (3, 16))
-    x = generate(model, tokens, sched, sampler="ddpm", steps=5, eta=0.0, generator=torch.Generator().manual_seed(0))
-    y = generate(model, tokens, sched, sampler="ddpm", steps=5, eta=0.0, generator=torch.Generator().manual_seed(0))
+    x = generate(model, tokens, sched, sampler="ddpm", steps=5, eta=1.0, generator=torch.Generator().manual_seed(0))
+    y = generate(model, tokens, sched, sampler="ddpm", steps=5, eta=1.0, generator=torch.Generator().manual_seed(0))
+    z = generate(model, tokens, sched, sampler="ddpm", steps=5, eta=1.0, generator=torch.Generator().manual_seed(1))
     assert x.shape == (3, teacher.cfg.n_sup, 16, teacher.cfg.hidden) and torch.equal(x, y)
+    assert not torch.allclose(x, z)  # the sample depends on the generator: determinism is not a constant output
+    with pytest.raises(ValueError, match="ddpm samples at eta 1"):
+        generate(model, tokens, sched, sampler="ddpm", steps=5, eta=0.5, generator=torch.Generator())
     with pytest.raises(checkpoint.CheckpointError, match="not a TDRM denoiser"):
         load_tdrm(d / "t.pt")
 
@@ -131,3 +136,91 @@ def test_distill_refuses_settings_it_cannot_compute(setup, tmp_path):
         with pytest.raises(ValueError, match=msg):
             train_distill(tiny_params({"distill": {**DISTILL, **over}}), d / "tr", teacher, tmp_path / "x.pt",
                           progress=False)
+
+
+ARMS = [{"row_noise": "rolling", "row_lag": 1.0}, {"row_noise": "independent", "row_lag": 0.5},
+        {"ce_rows": "all"}, {"self_correct_prob": 1.0}, {"denoiser": {**DISTILL["denoiser"], "recur": 2}},
+        {"row_noise": "rolling", "row_lag": 0.5, "ce_rows": "all", "self_correct_prob": 0.5}]
+
+
+@pytest.mark.parametrize("arm", ARMS, ids=lambda a: "+".join(f"{k}={v}" for k, v in a.items() if k != "denoiser")
+                         or "recur=2")
+def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, arm):
+    """Each arm of issue 13 end to end on the tiny profile: training lowers the loss, the
+    checkpoint reloads with its sampling schedule and `tdrm eval`'s evaluation runs."""
+    from tdrm.data.dataset import load_split
+    from tdrm.eval.tdrm import evaluate_tdrm
+    p, d, teacher = setup
+    p = tiny_params({"distill": {**DISTILL, "steps": 60, "eval_every": 60, **arm}})
+    tr = MemoryTracker()
+    train_distill(p, d / "tr", teacher, tmp_path / "tdrm.pt", tracker=tr, progress=False, log_every=20)
+    mse = [v for _, v in tr.scalars["distill.mse"]]
+    assert mse[-1] < mse[0], mse
+    model, codec, sched, ck = load_tdrm(tmp_path / "tdrm.pt")
+    rolling = arm.get("row_noise", "shared") != "shared"
+    assert model.row_lag == (arm["row_lag"] if rolling else None)
+    assert model.cfg.recur == arm.get("denoiser", {}).get("recur", 1)
+    res = evaluate_tdrm(model, codec, sched, load_split(d, "val"), sampler="ddim", steps=6, eta=0.0, samples=1, seed=0)
+    assert res["n"] == 30 and len(res["per_step_exact_accuracy_first_sample"]) == teacher.cfg.n_sup
+
+
+def test_error_correcting_batches_are_built_from_detached_predictions(setup, monkeypatch):
+    """With self_correct_prob 1 the denoised input is the deterministic reverse step from the
+    model's own estimate one round noisier (made without autograd), and that estimate is the
+    self-conditioning input; the loss still targets the true trajectory."""
+    import tdrm.train.distill as distill
+    p, d, teacher = setup
+    p = tiny_params({"distill": {**DISTILL, "steps": 2, "eval_every": 0, "self_correct_prob": 1.0,
+                                 "denoiser": {**DISTILL["denoiser"], "self_cond": True}}})
+    seen = []
+    real = distill.self_correct_input
+
+    def spy(schedule, x_hi, x0_hi, t_hi, t):
+        out = real(schedule, x_hi, x0_hi, t_hi, t)
+        seen.append((x0_hi, t_hi, t, x_hi, out))
+        return out
+    monkeypatch.setattr(distill, "self_correct_input", spy)
+    calls = []
+    orig = distill.Denoiser.forward
+
+    def fwd(self, x_t, t, puzzle, x0_prev=None):
+        calls.append((torch.is_grad_enabled(), x_t, x0_prev))
+        return orig(self, x_t, t, puzzle, x0_prev)
+    monkeypatch.setattr(distill.Denoiser, "forward", fwd)
+    train_distill(p, d / "tr", teacher, d / "sc.pt", progress=False)
+    assert len(seen) == 2 and len(calls) == 4
+    for i, (x0_hi, t_hi, t, x_hi, x_in) in enumerate(seen):
+        first, second = calls[2 * i], calls[2 * i + 1]
+        assert not first[0] and first[2] is None and not x0_hi.requires_grad  # the estimate: no autograd
+        assert second[0] and second[1] is x_in and second[2] is x0_hi  # trained on it, self-conditioned on it
+        assert (t_hi >= t).all() and (t_hi > t).any()
+        moved = t_hi > t
+        assert not torch.allclose(x_in[moved], x_hi[moved])
+
+
+def test_issue13_switches_refuse_bad_values(setup, tmp_path):
+    _, d, teacher = setup
+    for over, msg in [({"row_noise": "diagonal"}, "row_noise"), ({"row_noise": "rolling", "row_lag": 2.0}, "row_lag"),
+                      ({"ce_rows": "some"}, "ce_rows"), ({"self_correct_prob": 1.5}, "self_correct_prob")]:
+        with pytest.raises(ValueError, match=msg):
+            train_distill(tiny_params({"distill": {**DISTILL, **over}}), d / "tr", teacher, tmp_path / "x.pt",
+                          progress=False)
+
+
+def test_bench_tdrm_table_pairs_checkpoints_with_their_teacher(setup, tmp_path, capsys):
+    """`python -m tdrm.bench tdrm`: one row for the teacher, one per checkpoint, with the chain
+    diagnosis and paired tests; the rolling-schedule checkpoint makes as many calls as asked."""
+    from tdrm.cli import bench_main
+    p, d, teacher = setup
+    for name, arm in (("a", {}), ("b", {"row_noise": "rolling", "row_lag": 1.0})):
+        train_distill(tiny_params({"distill": {**DISTILL, "steps": 10, "eval_every": 0, **arm}}), d / "tr", teacher,
+                      tmp_path / f"{name}.pt", progress=False)
+    out = tmp_path / "b.json"
+    assert bench_main(["tdrm", "--checkpoint", str(tmp_path / "a.pt"), "--checkpoint", str(tmp_path / "b.pt"),
+                       "--data", str(d), "--split", "val", "--steps", "6", "--out", str(out)]) == 0
+    import json
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["teacher", str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    assert rows[1]["calls"] == 6 and rows[2]["calls"] == 6 and "vs_first" in rows[2]
+    assert len(rows[2]["by_row"].split()) == teacher.cfg.n_sup and len(rows[2]["by_call"].split()) == 6
+    assert "| model" in capsys.readouterr().out
