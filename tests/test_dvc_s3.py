@@ -66,7 +66,10 @@ def test_repro_push_pull_roundtrip(tmp_path, s3):
     tdrm_ckpt = (proj / "models" / "tdrm.pt").read_bytes()
     rl_ckpt = (proj / "models" / "tdrm_rl.pt").read_bytes()
     compared = json.loads((proj / "metrics" / "tdrm.json").read_text())
-    assert compared["n"] == 100 and 0.0 <= compared["tdrm"]["exact_accuracy"] <= 1.0
+    teacher_metrics = json.loads((proj / "metrics" / "teacher.json").read_text())
+    assert compared["n"] == 100 and compared["teacher"]["exact_accuracy"] == teacher_metrics["exact_accuracy"]
+    assert compared["difference_points"] == pytest.approx(
+        100 * (compared["tdrm"]["exact_accuracy"] - teacher_metrics["exact_accuracy"]))
     manifest = (proj / "traces" / "manifest.json").read_bytes()
     out = _dvc(proj, "metrics", "show")
     assert "exact_accuracy" in out
@@ -108,9 +111,13 @@ def test_exp_run_with_set_params_and_exp_show(tmp_path):
     params = data["params"]["params.yaml"]["data"]
     assert params["teacher"]["lr"] == 0.002 and params["rl"]["group_size"] == 2
     metrics = data["metrics"]["metrics/teacher.json"]["data"]
-    assert 0.0 <= metrics["exact_accuracy"] <= 1.0 and metrics["n"] == 100
+    from tdrm.eval.metrics import wilson
+    assert metrics["n"] == 100 and tuple(metrics["ci95"]) == pytest.approx(
+        wilson(round(100 * metrics["exact_accuracy"]), 100))  # the experiment's own teacher metrics
     rl = data["metrics"]["metrics/rl.json"]["data"]
-    assert rl["group_size"] == 2 and rl["n"] == 100 and 0.0 <= rl["exact_accuracy_after"] <= 1.0
+    pair = rl["paired_after_vs_before"]
+    assert rl["group_size"] == 2 and rl["n"] == 100
+    assert pair["only_first"] - pair["only_second"] == round(100 * (rl["exact_accuracy_after"] - rl["exact_accuracy_before"]))
     # DVC -> Sacred: the metrics name their run; Sacred -> DVC: the run knows its experiment and baseline
     from tdrm.tracking.store import FileRuns
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()

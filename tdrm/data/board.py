@@ -165,3 +165,32 @@ def is_solution(puzzle: np.ndarray, board: np.ndarray, shape: Shape) -> bool:
     if np.any(board[givens] != puzzle[givens]):
         return False
     return not conflicts(board, shape)
+
+
+def logits_to_digits(logits):
+    """Decoded digits of token logits (..., V) (torch): argmax token - 1, so 0 = blank and pad
+    becomes -1 (never a valid digit). The one tokens-to-digits rule of decoding."""
+    return logits.argmax(-1) - 1
+
+
+def constraints(puzzles, boards, shape: Shape):
+    """Label-free constraint counts of boards (B, N) of digits for puzzles (B, N) (0 = blank), torch:
+    every given kept, and for every unit (row, column, box) and digit, that digit exactly once.
+    Returns (satisfied (B,), total (B,)); digits outside 1..n satisfy nothing."""
+    import torch
+    u = torch.as_tensor(units(shape), device=boards.device)  # (U, n)
+    ok_digit = (boards >= 1) & (boards <= shape.n)  # (B, N)
+    onehot = torch.nn.functional.one_hot((boards.clamp(1, shape.n) - 1).long(), shape.n) * ok_digit[..., None]
+    counts = onehot[:, u].sum(2)  # (B, U, n): occurrences of each digit in each unit
+    givens = puzzles > 0
+    kept = (boards == puzzles) & givens
+    satisfied = (counts == 1).sum((1, 2)) + kept.sum(-1)
+    total = u.shape[0] * shape.n + givens.sum(-1)
+    return satisfied, total
+
+
+def valid_boards(puzzles, boards, shape: Shape):
+    """(B,) True where `boards` (B, N) keep the givens of `puzzles` (B, N, 0 = blank) and every
+    row, column and box holds each digit once (torch; the batched `is_solution`). No label used."""
+    s, t = constraints(puzzles, boards, shape)
+    return s == t

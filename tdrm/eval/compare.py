@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..config import Evaluate
-from ..data.board import to_tokens
+from ..data.board import logits_to_digits, to_tokens
 from ..data.loaders import PuzzleSet
 from ..train.checkpoint import CheckpointError
 from ..train.distill import load_tdrm
@@ -25,7 +25,7 @@ def teacher_run(teacher, ps: PuzzleSet, batch_size: int, device, steps: int) -> 
     for i in range(0, len(ps), batch_size):
         tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
         tr = teacher.trace(tokens, steps)
-        preds.append((tr.logits.argmax(-1) - 1).clamp_min(0).to(torch.int8).cpu().numpy())  # (K, B, L)
+        preds.append(logits_to_digits(tr.logits).clamp_min(0).to(torch.int8).cpu().numpy())  # (K, B, L)
         ys.append(tr.y[:, :, pre:].transpose(0, 1).cpu())  # (B, K, L, D)
     res = score(np.concatenate(preds, axis=1), ps)
     res["seconds"] = time.perf_counter() - t0

@@ -9,22 +9,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from ..data.board import Shape, to_tokens, units
+from ..data.board import logits_to_digits, to_tokens, valid_boards
 from ..data.loaders import PuzzleSet
 from ..train.distill import generate
 from .metrics import wilson
-
-
-def valid_boards(puzzles: torch.Tensor, boards: torch.Tensor, shape: Shape) -> torch.Tensor:
-    """(B,) True where `boards` (B, L) of digits keep the givens of `puzzles` (B, L, 0 = blank)
-    and every row, column and box holds each digit once. Uses no solution label."""
-    u = torch.as_tensor(units(shape), device=boards.device)  # (U, N)
-    in_range = ((boards >= 1) & (boards <= shape.n)).all(-1)
-    onehot = torch.nn.functional.one_hot((boards.clamp(1, shape.n) - 1).long(), shape.n)  # (B, L, N)
-    counts = onehot[:, u].sum(2)  # (B, U, N)
-    givens = puzzles > 0
-    kept = ((boards == puzzles) | ~givens).all(-1)
-    return in_range & kept & (counts == 1).all(-1).all(-1)
 
 
 def cosine_per_step(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -52,7 +40,7 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
         for j in range(samples):
             x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=gen)  # (B, R, L, C)
             y = codec.step_y(x)  # (B, K, N, D)
-            boards = codec.teacher.lm_head(y).argmax(-1) - 1  # (B, K, N) digits
+            boards = logits_to_digits(codec.teacher.lm_head(y))  # (B, K, N) digits
             ok = valid_boards(p, boards[:, -1], ps.shape)
             if best is None:
                 best, best_ok, steps_right = boards[:, -1].clone(), ok.clone(), (boards == s[:, None]).all(-1)
@@ -126,7 +114,7 @@ def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: 
         s = torch.as_tensor(ps.solutions[i:i + batch_size], device=device).long()
         tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
         out = generate(model, tokens, schedule, sampler="ddim", steps=steps, eta=0.0, generator=gen, return_path=True)
-        boards = torch.stack([codec.answer_logits(st.x0_hat).argmax(-1) - 1 for st in out.path])  # (M, B, N)
+        boards = torch.stack([logits_to_digits(codec.answer_logits(st.x0_hat)) for st in out.path])  # (M, B, N)
         right = boards == s[None]
         blank = p == 0  # (B, N)
         exact.append(right.all(-1).float().sum(1).cpu())
@@ -138,7 +126,7 @@ def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: 
         we = ~right[e] & blank
         wrong_early += int(we.sum())
         fixed_later += int((we & right[-1]).sum())
-        rows = codec.step_logits(out.x0).argmax(-1) - 1  # (B, K, N)
+        rows = logits_to_digits(codec.step_logits(out.x0))  # (B, K, N)
         rows_exact.append((rows == s[:, None]).all(-1).float().sum(0).cpu())
     n = len(ps)
     return {"n": n, "calls": len(exact[0]), "early_call": early,

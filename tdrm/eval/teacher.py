@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.board import to_tokens
+from ..data.board import logits_to_digits, to_tokens
 from ..data.loaders import PuzzleSet
 from .metrics import rating_bucket, wilson
 
@@ -22,7 +22,7 @@ def predict(model, puzzles: np.ndarray, batch_size: int, device, steps: int | No
                   mininterval=2, leave=False):
         tokens = torch.as_tensor(to_tokens(puzzles[i:i + batch_size]), device=device)
         tr = model.trace(tokens, steps, keep_states=False)
-        pred = tr.logits.argmax(-1) - 1  # (K, B, C) tokens -> digits
+        pred = logits_to_digits(tr.logits)  # (K, B, C) tokens -> digits
         out.append(pred.clamp_min(0).to(torch.int8).cpu().numpy())
     return np.concatenate(out, axis=1)
 

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Params
-from ..data.board import to_tokens
+from ..data.board import logits_to_digits, to_tokens
 from ..data.dataset import load_split
 from ..device import resolve_device
 from ..eval.metrics import mcnemar_exact
@@ -51,7 +51,7 @@ def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, gener
     sample = generate(model, tokens, schedule, sampler="ddim", steps=cfg.sample_steps, eta=cfg.eta,
                       generator=generator, return_path=True, sigma_floor=cfg.sigma_floor)
     with torch.no_grad():
-        boards = codec.answer_logits(sample.x0).argmax(-1) - 1  # (S, N) digits
+        boards = logits_to_digits(codec.answer_logits(sample.x0))  # (S, N) digits
     digits = torch.as_tensor(puzzles, device=device).long().repeat_interleave(g, 0)
     r = reward(digits, boards, shape, cfg.dense_weight).view(-1, g)  # (P, G)
     solved = (r >= 1).float()

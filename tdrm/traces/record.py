@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..config import Traces
 from ..data.augment import augment
-from ..data.board import to_tokens
+from ..data.board import logits_to_digits, to_tokens
 from ..data.dataset import load_split
 from .store import MANIFEST, ShardWriter, sha256_file, to_numpy
 
@@ -74,7 +74,7 @@ def _run(model, puzzles: np.ndarray, solutions: np.ndarray, cfg: Traces, proj, g
     if proj is not None:
         mean, basis = (t.to(device) for t in proj)
         y, z = (y - mean) @ basis, (z - mean) @ basis  # (..., C)
-    pred = tr.logits.argmax(-1) - 1  # (K, B, C) digits
+    pred = logits_to_digits(tr.logits)  # (K, B, C) digits
     sol = torch.as_tensor(solutions, device=device).long()
     solved = (pred == sol).all(-1)  # (K, B)
     y = y.movedim(1, 0)  # (B, K, L', C)

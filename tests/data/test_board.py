@@ -50,3 +50,27 @@ def test_is_solution_checks_completeness_givens_and_units():
     assert not is_solution(puzzle, bad, SHAPES[16])
     assert conflicts(bad, SHAPES[16])
     assert "|" in pretty(sol)
+
+
+def test_valid_boards_is_the_batched_is_solution():
+    """The one label-free validity check (reward, evaluation, best-of-N) agrees with the exact
+    `is_solution` on solutions, swapped cells, changed givens and out-of-range digits."""
+    import torch
+
+    from tdrm.data.board import SHAPES, is_solution, parse, valid_boards
+    rng = np.random.default_rng(0)
+    sol = parse("1234341221434321")
+    puz = parse("1...............")
+    boards = [sol]
+    for _ in range(30):
+        b = sol.copy()
+        i, j = rng.choice(16, 2, replace=False)
+        b[[i, j]] = b[[j, i]]
+        if rng.random() < 0.3:
+            b[rng.integers(16)] = rng.choice([0, 5, -1])
+        boards.append(b)
+    boards.append(parse("2143432112343412"))  # a valid grid that changes the given
+    got = valid_boards(torch.as_tensor(np.stack([puz] * len(boards))).long(),
+                       torch.as_tensor(np.stack(boards)).long(), SHAPES[16]).tolist()
+    want = [is_solution(puz, b, SHAPES[16]) for b in boards]
+    assert got == want and got[0] and not got[-1] and not all(got[1:-1])

@@ -66,7 +66,11 @@ def test_stages_distill_control_and_evaluate_compare(tiny_params_file, tmp_path)
     assert r["n"] == 100 and r["teacher"]["exact_accuracy"] == teacher["exact_accuracy"]
     assert r["difference_points"] == pytest.approx(100 * (r["tdrm"]["exact_accuracy"] - teacher["exact_accuracy"]))
     pair = r["paired_tdrm_vs_teacher"]
-    assert 0 <= pair["p_value"] <= 1 and pair["only_first"] + pair["only_second"] <= 100
+    # the paired counts are the accuracy difference on the same 100 puzzles, and the p-value is the exact test's
+    assert pair["only_first"] - pair["only_second"] == round(100 * (r["tdrm"]["exact_accuracy"] - teacher["exact_accuracy"]))
+    from tdrm.eval.metrics import mcnemar_exact
+    a = [True] * pair["only_first"] + [False] * pair["only_second"]
+    assert pair["p_value"] == mcnemar_exact(a, [not x for x in a])["p_value"]
     assert [x["sampling_steps"] for x in r["accuracy_by_sampling_steps"]] == [1, 5]
     assert r["cost"]["tdrm_network_evals"] == 5 and r["cost"]["teacher_network_evals"] == 3 * 2 * 3
     assert r["cost"]["tdrm_flops"] > r["cost"]["denoiser_flops_per_call"] > 0 and r["cost"]["teacher_flops"] > 0
