@@ -170,7 +170,7 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
     from .eval.compare import teacher_run
     from .eval.metrics import mcnemar_exact
     from .eval.tdrm import chain_diagnosis, evaluate_tdrm, inference_cost
-    from .train.distill import load_tdrm
+    from .checkpoint import load_tdrm
 
     ps = load_split(data_dir, split)
     if limit:

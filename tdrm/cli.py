@@ -19,9 +19,9 @@ def cmd_eval(a) -> int:
     from .data.loaders import load_puzzles
     from .device import resolve_device
     from .eval.teacher import evaluate
-    from .pipeline import check_size, load_teacher
+    from .checkpoint import check_size, load_teacher
 
-    from .train.checkpoint import load as load_checkpoint
+    from .checkpoint import load as load_checkpoint
 
     for opt in ("limit", "batch_size", "steps", "samples"):
         v = getattr(a, opt)
@@ -69,7 +69,7 @@ def cmd_eval(a) -> int:
 
 def _eval_tdrm(a, ps, device) -> dict:
     from .eval.tdrm import evaluate_tdrm
-    from .train.distill import load_tdrm
+    from .checkpoint import load_tdrm
 
     model, codec, schedule, ck = load_tdrm(a.checkpoint, device, ema=not a.raw)
     if ck["teacher"]["cells"] != ps.shape.cells:
@@ -102,7 +102,7 @@ def cmd_solve(a) -> int:
         print(f"rating (guesses): {res.guesses}; unique: {res.unique}")
         return 0
     from .device import resolve_device
-    from .pipeline import check_size, load_teacher
+    from .checkpoint import check_size, load_teacher
 
     device = resolve_device(a.device)
     model, ck = load_teacher(a.checkpoint, device)
@@ -413,7 +413,7 @@ def bench_main(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     from .data.board import PuzzleError
     from .tracking.store import RunNotFound
-    from .train.checkpoint import CheckpointError
+    from .checkpoint import CheckpointError
 
     a = build_parser().parse_args(argv)
     try:

@@ -16,7 +16,7 @@ from . import config
 from .data.dataset import build, load_split
 from .device import resolve_device, set_threads
 from .eval.teacher import evaluate
-from .train.checkpoint import load as load_checkpoint
+from .checkpoint import check_size, load_teacher, load as load_checkpoint
 
 
 def _tracked(stage: str, cfg: dict, seed: int, fn):
@@ -77,29 +77,6 @@ def teacher_stage(params_path: str, data_dir: str, model_out: str, metrics_path:
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "teacher": asdict(p.teacher)}
     return _tracked("teacher", cfg, p.common.seed, run)
-
-
-def load_teacher(path: str | Path, device="cpu", ema: bool = True):
-    """(model, checkpoint) with EMA weights by default; clear errors for bad files."""
-    from .models.trm import TRM
-    from .train.checkpoint import CheckpointError
-
-    ck = load_checkpoint(path, map_location=device)
-    if ck.get("kind") != "teacher":
-        raise CheckpointError(f"{path} holds a {ck.get('kind')!r} model, not a TRM teacher")
-    model_cfg = config.section_from_dict(config.Model, ck["config"]["teacher"]["model"])
-    meta = ck["data_meta"]
-    model = TRM(model_cfg, meta["cells"], meta["vocab"]).to(device)
-    model.load_state_dict(ck["ema"] if ema else ck["model"])
-    model.eval()
-    return model, ck
-
-
-def check_size(ck: dict, cells: int, what: str) -> None:
-    meta = ck["data_meta"]
-    if meta["cells"] != cells:
-        raise ValueError(f"size mismatch: the checkpoint was trained on {meta['board']} boards "
-                         f"({meta['cells']} cells) but {what} has {cells}-cell puzzles")
 
 
 def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_path: str,
@@ -244,7 +221,7 @@ def trajectory_picture(checkpoint: str | Path, puzzle, out: str | Path | None = 
     from .eval.plots import trajectory_png
     from .eval.trajectory import tdrm_path as tdrm_board_path
     from .eval.trajectory import teacher_path as teacher_board_path
-    from .train.distill import load_tdrm
+    from .checkpoint import load_tdrm
 
     kind = load_checkpoint(checkpoint).get("kind")
     if kind == "tdrm":

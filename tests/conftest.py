@@ -80,7 +80,7 @@ def free_port() -> int:
 def tiny_traces(tmp_dir: Path, teacher_steps: int, limit: int):
     """A tiny teacher (`tiny_teacher`) and its recorded traces in `tmp_dir / "tr"`; returns the teacher."""
     from tdrm.config import Traces
-    from tdrm.pipeline import load_teacher
+    from tdrm.checkpoint import load_teacher
     from tdrm.traces.record import record
     tiny_teacher(tmp_dir, teacher_steps)
     teacher, _ = load_teacher(tmp_dir / "t.pt")

@@ -112,7 +112,7 @@ def test_eval_records_what_ran(tiny_tdrm, tmp_path):
     """ddpm is recorded at eta 1 (what it runs); --raw loads the raw weights, not the EMA."""
     import torch
 
-    from tdrm.train.distill import load_tdrm
+    from tdrm.checkpoint import load_tdrm
     out = tmp_path / "e.json"
     assert main(["eval", "--checkpoint", str(tiny_tdrm / "tdrm.pt"), "--puzzles", str(tiny_tdrm / "test.csv"),
                  "--sampler", "ddpm", "--limit", "5", "--out", str(out)]) == 0

@@ -162,7 +162,7 @@ class Codec:
         h = self.teacher.y_init.to(z.dtype).expand(b, l, d)
         ys = []
         for c in range(r):
-            h = self.teacher.f(h, z[:, c])
+            h = self.teacher.update_y(h, z[:, c])
             ys.append(h)
         return torch.stack(ys, dim=1)
 
@@ -223,8 +223,6 @@ class Codec:
             y_prev = torch.cat([y0[:, None], ys[:, :-1]], dim=1)
             z_prev = torch.cat([z0[:, None], z[:, :-1]], dim=1)
             inj = (y_prev + x[:, None]).flatten(0, 1)
-            zk = z_prev.flatten(0, 1)
-            for _ in range(t.cfg.n):
-                zk = t.f(zk, inj)
+            zk = t.latent(z_prev.flatten(0, 1), inj)
             moved = self._project(zk).unflatten(0, (b, r))
         return moved

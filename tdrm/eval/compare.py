@@ -9,8 +9,8 @@ import torch
 from ..config import Evaluate
 from ..data.board import logits_to_digits, to_tokens
 from ..data.loaders import PuzzleSet
-from ..train.checkpoint import CheckpointError
-from ..train.distill import load_tdrm
+from ..checkpoint import CheckpointError
+from ..checkpoint import load_tdrm
 from .metrics import mcnemar_exact
 from .tdrm import evaluate_tdrm, inference_cost
 from .teacher import score

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..data.board import logits_to_digits, to_tokens, valid_boards
 from ..data.loaders import PuzzleSet
-from ..train.distill import generate
+from ..diffusion.sampling import generate
 from .metrics import wilson
 
 

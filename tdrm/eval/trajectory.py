@@ -62,7 +62,7 @@ def tdrm_path(model, codec, schedule, puzzle: np.ndarray, *, over: str = "steps"
               steps: int = 20, eta: float = 0.0, seed: int = 0, device="cpu") -> BoardPath:
     """TDRM: `over="steps"` decodes every supervision step of one generated trajectory;
     `over="sampling"` decodes the final answer of the x0 estimate at every sampling step."""
-    from ..train.distill import generate
+    from ..diffusion.sampling import generate
 
     if over not in ("steps", "sampling"):
         raise ValueError(f"over must be 'steps' or 'sampling', got {over!r}")

@@ -153,3 +153,8 @@ class Denoiser(nn.Module):
             shift, scale = self.final_ada(F.silu(temb)).chunk(2, dim=-1)
             h = adaln(h[:, 1:].reshape(b, -1, d), shift, scale)[1]  # modulate(layer_norm(.)), kernels.adaln
         return self.out(h).reshape(b, self.K, self.L, self.C)
+
+
+def row_lag_of(cfg) -> float | None:
+    """The denoiser's sampling schedule: None for one shared level, else the rolling lag."""
+    return None if cfg.row_noise == "shared" else float(cfg.row_lag)

@@ -87,12 +87,23 @@ class TRM(nn.Module):
             h = block(h, rope)
         return h
 
-    def cycle(self, y: torch.Tensor, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inj = y + x  # loop-invariant over the n latent updates
+    def latent(self, z: torch.Tensor, inj: torch.Tensor, record: list | None = None) -> torch.Tensor:
+        """The n latent updates z = f(z, y + x) of a cycle, inj = y + x; each new z appended to `record`."""
         for _ in range(self.cfg.n):
             z = self.f(z, inj)
-        y = self.f(y, z)
-        return y, z
+            if record is not None:
+                record.append(z)
+        return z
+
+    def update_y(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The answer update y = f(y, z) that ends a cycle."""
+        return self.f(y, z)
+
+    def cycle(self, y: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
+              record: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One latent cycle: n latent updates, then the answer update (the recursion, written once)."""
+        z = self.latent(z, y + x, record)  # y + x is loop-invariant over the n updates
+        return self.update_y(y, z), z
 
     def heads(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """y (B, L, D) -> logits (B, C, V) over the cells, halting logit q (B,) from position 0."""
@@ -128,11 +139,7 @@ class TRM(nn.Module):
             if inner:
                 zi = []
                 for _ in range(self.cfg.T):
-                    inj = y + x
-                    for _ in range(self.cfg.n):
-                        z = self.f(z, inj)
-                        zi.append(z)
-                    y = self.f(y, z)
+                    y, z = self.cycle(y, z, x, record=zi)
                 logits, q = self.heads(y)
                 inners.append(torch.stack(zi))
             else:

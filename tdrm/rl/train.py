@@ -23,8 +23,9 @@ from ..device import resolve_device
 from ..eval.metrics import mcnemar_exact
 from ..eval.tdrm import evaluate_tdrm
 from ..tracking.base import Tracker
-from ..train import checkpoint
-from ..train.distill import generate, load_tdrm
+from .. import checkpoint
+from ..checkpoint import load_tdrm
+from ..diffusion.sampling import generate
 from ..traces.store import sha256_file
 from .grpo import group_advantages
 from .phase import UPDATES, Batch, subset

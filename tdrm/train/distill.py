@@ -20,49 +20,15 @@ from ..config import Params
 from ..data.board import to_tokens
 from ..device import resolve_device
 from ..diffusion.losses import answer_ce, denoising_mse, loss_weights, row_mse, rows_ce
-from ..diffusion.samplers import row_step, sample_ddim, sample_ddpm, sample_rows
+from ..diffusion.samplers import row_step
+from ..diffusion.sampling import generate
 from ..diffusion.schedules import make_schedule, q_sample, row_levels
-from ..diffusion.trajectory import Codec, Layout, Standardizer, fit_standardizer, state_tensor
-from ..models.denoiser import Denoiser
+from ..diffusion.trajectory import Codec, Layout, fit_standardizer, state_tensor
+from ..models.denoiser import Denoiser, row_lag_of
 from ..tracking.base import Tracker
 from ..traces.store import TraceReader
-from . import checkpoint
+from .. import checkpoint
 from .optim import EMA, warmup_constant, warmup_cosine
-
-SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm}
-
-
-class SelfCondModel:
-    """Sampler-facing closure x0_hat = model(x_t, t, puzzle, previous x0_hat)."""
-
-    def __init__(self, model: Denoiser, puzzle: torch.Tensor):
-        self.model, self.puzzle, self.prev = model, puzzle, None
-
-    def __call__(self, x, t, cond=None):
-        out = self.model(x, t, self.puzzle, self.prev if self.model.cfg.self_cond else None)
-        self.prev = out
-        return out
-
-
-@torch.no_grad()
-def generate(model: Denoiser, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, steps: int, eta: float,
-             generator: torch.Generator, return_path: bool = False, sigma_floor: float = 0.0):
-    """Sample standardised trajectories (B, K, L, C) for puzzles (B, N); with `return_path`, the
-    sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob)."""
-    b = puzzle_tokens.shape[0]
-    x_T = torch.randn((b, model.K, model.L, model.C), generator=generator).to(puzzle_tokens.device)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
-    if sampler == "ddpm" and eta != 1.0:
-        raise ValueError(f"ddpm samples at eta 1 (the posterior variance), got eta={eta}; use ddim for other values")
-    if getattr(model, "row_lag", None) is not None:  # trained with one noise level per row: rolling schedule
-        out = sample_rows(SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
-                          lag=model.row_lag, eta=eta, return_path=return_path, sigma_floor=sigma_floor)
-        return out if return_path else out.x0
-    out = SAMPLERS[sampler](SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
-                            eta=eta, return_path=return_path, sigma_floor=sigma_floor)
-    return out if return_path else out.x0
-
 
 ROW_NOISE = ("shared", "independent", "rolling")
 
@@ -83,11 +49,6 @@ def check_arms(cfg) -> None:
         raise ValueError(f"distill.sampler ddpm samples at eta 1; got distill.eta {cfg.eta} (use ddim for other values)")
     if cfg.sample_steps < 1:
         raise ValueError(f"distill.sample_steps must be >= 1, got {cfg.sample_steps}")
-
-
-def row_lag_of(cfg) -> float | None:
-    """The denoiser's sampling schedule: None for one shared level, else the rolling lag."""
-    return None if cfg.row_noise == "shared" else float(cfg.row_lag)
 
 
 def draw_levels(cfg, b: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,29 +236,3 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     return {"steps": step, "minutes": (time.perf_counter() - t0) / 60, "final_mse": last.get("mse"),
             "final_ce": last.get("ce"), "val_exact_accuracy_ema": last.get("val_exact_ema"),
             "params": sum(p.numel() for p in model.parameters()), "history": history}
-
-
-def load_tdrm(path: str | Path, device="cpu", ema: bool = True):
-    """(denoiser with EMA weights (raw weights with `ema=False`), codec (with the frozen teacher),
-    schedule, checkpoint)."""
-    from ..config import Model, section_from_dict
-    from ..models.trm import TRM
-
-    ck = checkpoint.load(path, map_location=device)
-    if ck.get("kind") != "tdrm":
-        raise checkpoint.CheckpointError(f"{path} holds a {ck.get('kind')!r} model, not a TDRM denoiser")
-    from ..config import Distill
-    dcfg = section_from_dict(Distill, ck["config"]["distill"])
-    k, l, c = ck["shape"]
-    tinfo = ck["teacher"]
-    teacher = TRM(section_from_dict(Model, tinfo["config"]), tinfo["cells"], tinfo["vocab"]).to(device)
-    teacher.load_state_dict(tinfo["model"])
-    teacher.eval()
-    # checkpoints written before states z / prefix positions existed carry no layout
-    layout = Layout(**ck["layout"]) if "layout" in ck else Layout.of(dcfg.state, teacher.cfg,
-                                                                     ck["traces_header"]["config"])
-    model = Denoiser(dcfg.denoiser, k, l, c, tinfo["vocab"], prefix=layout.prefix, row_lag=row_lag_of(dcfg)).to(device)
-    model.load_state_dict(ck["ema" if ema else "model"])
-    model.eval()
-    codec = Codec(teacher, layout, Standardizer(ck["stats"]["mean"], ck["stats"]["std"]), ck["projection"])
-    return model, codec, make_schedule(dcfg.schedule, dcfg.T, dcfg.shift), ck

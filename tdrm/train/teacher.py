@@ -26,7 +26,7 @@ from ..eval.teacher import evaluate
 from ..models.losses import trm_loss
 from ..models.trm import TRM, count_params
 from ..tracking.base import Tracker
-from . import checkpoint
+from .. import checkpoint
 from .optim import EMA, make_optimizer, warmup_constant
 
 

@@ -8,7 +8,7 @@ import torch
 from tdrm.config import Traces
 from tdrm.data.board import to_tokens
 from tdrm.diffusion.trajectory import Codec, Layout, fit_standardizer, state_tensor
-from tdrm.pipeline import load_teacher
+from tdrm.checkpoint import load_teacher
 from tdrm.traces.record import record
 from tdrm.traces.store import TraceReader
 

@@ -56,7 +56,7 @@ def test_stages_distill_control_and_evaluate_compare(tiny_params_file, tmp_path)
                        str(tmp_path / "mk1.json"), str(tmp_path / "k1.csv"), final_only=True,
                        resume_dir=str(tmp_path / "ck"))
     assert mc["params"] > 0
-    from tdrm.train.distill import load_tdrm
+    from tdrm.checkpoint import load_tdrm
     assert load_tdrm(tmp_path / "k1.pt")[0].K == 1 and load_tdrm(tmp_path / "tdrm.pt")[0].K == 3
     plots = tmp_path / "plots"
     evaluate_stage(s, d, str(tmp_path / "t.pt"), str(tmp_path / "me.json"), str(tmp_path / "e.csv"),
@@ -81,7 +81,7 @@ def test_stages_distill_control_and_evaluate_compare(tiny_params_file, tmp_path)
     assert (plots / "tdrm_per_step.csv").read_text().splitlines()[0] == \
         "step,teacher_exact_accuracy,tdrm_exact_accuracy,cosine_to_teacher"
     # a TDRM distilled from another teacher is refused, by name
-    from tdrm.train import checkpoint
+    from tdrm import checkpoint
     ck = checkpoint.load(tmp_path / "tdrm.pt")
     ck["teacher"]["model"]["lm_head.weight"] = ck["teacher"]["model"]["lm_head.weight"] + 1
     checkpoint.save(tmp_path / "other.pt", ck)

@@ -105,3 +105,21 @@ def test_halting_rules():
     # with 10% exploration some, not all, q-halts at step 2 are delayed
     h = halting(torch.ones(2000), torch.full((2000,), 2), 16, 0.1, g)
     assert 0.02 < (~h).float().mean() < 0.15
+
+
+def test_trace_inner_reproduces_trace_states_through_the_one_cycle():
+    """`trace(inner=True)` records every latent update through the model's own `cycle`: its step
+    states and logits equal `trace()`'s, the last recorded z of each step is that step's z, and
+    the inner z's follow z = f(z, y + x) from the recorded states."""
+    model = TRM(CFG, 16, 6).eval()
+    tokens = torch.randint(1, 6, (3, 16), generator=torch.Generator().manual_seed(0))
+    plain, inner = model.trace(tokens), model.trace(tokens, inner=True)
+    assert torch.equal(plain.y, inner.y) and torch.equal(plain.z, inner.z) and torch.equal(plain.logits, inner.logits)
+    assert inner.z_inner.shape == (CFG.n_sup, CFG.T * CFG.n, 3, 16 + CFG.prefix, CFG.hidden)
+    assert torch.equal(inner.z_inner[:, -1], inner.z)
+    with torch.no_grad():
+        x = model.input_embedding(tokens)
+        y0, z0 = model.initial_state(3)
+        assert torch.equal(model.f(z0, y0 + x), inner.z_inner[0, 0])
+        y1, z1 = model.cycle(y0, z0, x)
+        assert torch.equal(z1, inner.z_inner[0, CFG.n - 1]) and torch.equal(y1, model.update_y(y0, z1))

@@ -15,7 +15,7 @@ from tdrm.rl.grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl, g
 from tdrm.rl.phase import Batch, elbo_update, grpo_update, step_log_prob
 from tdrm.data.board import constraints, valid_boards as solved
 from tdrm.rl.reward import reward
-from tdrm.train.distill import generate
+from tdrm.diffusion.sampling import generate
 
 SOL = "1234341221434321"
 
@@ -154,7 +154,7 @@ def test_update_starts_at_ratio_one_and_zero_kl_to_itself():
 def distilled(tmp_path_factory):
     """A tiny teacher, its traces and a briefly distilled TDRM (the stage's input)."""
     from tdrm.config import Traces
-    from tdrm.pipeline import load_teacher
+    from tdrm.checkpoint import load_teacher
     from tdrm.traces.record import record
     from tdrm.train.distill import train_distill
 
@@ -170,7 +170,7 @@ def distilled(tmp_path_factory):
 
 def test_rl_stage_on_the_tiny_profile(distilled, tiny_params_file, tmp_path):
     from tdrm.pipeline import rl_stage
-    from tdrm.train.distill import load_tdrm
+    from tdrm.checkpoint import load_tdrm
     d = distilled
     m = rl_stage(str(tiny_params_file), str(d), str(d / "tdrm.pt"), str(tmp_path / "rl.pt"),
                  str(tmp_path / "rl.json"), str(tmp_path / "plots"), resume_dir=str(tmp_path / "ck"))
@@ -196,7 +196,7 @@ def test_rl_stage_on_the_tiny_profile(distilled, tiny_params_file, tmp_path):
 @pytest.mark.parametrize("estimator", ["grpo", "elbo"])
 def test_rl_resume_gives_identical_weights(distilled, tmp_path, estimator):
     from tdrm.rl.train import train_rl
-    from tdrm.train import checkpoint
+    from tdrm import checkpoint
 
     from ..conftest import crash_at, tiny_params
     d = distilled

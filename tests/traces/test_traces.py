@@ -6,7 +6,7 @@ import torch
 
 from tdrm.config import Traces
 from tdrm.data.dataset import load_split
-from tdrm.pipeline import load_teacher
+from tdrm.checkpoint import load_teacher
 from tdrm.traces.record import projection_matrix, record
 from tdrm.traces.store import TraceReader, TraceStoreError, from_numpy, to_numpy
 

@@ -3,11 +3,13 @@ import pytest
 import torch
 
 from tdrm.config import Traces
-from tdrm.pipeline import load_teacher
+from tdrm.checkpoint import load_teacher
 from tdrm.tracking.base import MemoryTracker
 from tdrm.traces.record import record
-from tdrm.train import checkpoint
-from tdrm.train.distill import generate, load_tdrm, train_distill
+from tdrm import checkpoint
+from tdrm.checkpoint import load_tdrm
+from tdrm.diffusion.sampling import generate
+from tdrm.train.distill import train_distill
 
 from ..conftest import crash_at, tiny_params, tiny_teacher, tiny_traces
 

@@ -4,7 +4,7 @@ import torch
 from tdrm.data.dataset import build, load_split
 from tdrm.eval.teacher import evaluate
 from tdrm.tracking.base import MemoryTracker, Tracker
-from tdrm.train import checkpoint
+from tdrm import checkpoint
 from tdrm.train.optim import EMA, AdamATan2, warmup_constant
 from tdrm.train.teacher import train_teacher
 
@@ -130,7 +130,7 @@ def test_tiny_trm_learns_4x4(tmp_path):
     build(p.data, tmp_path, progress=False)
     tracker = MemoryTracker()
     res = train_teacher(p, tmp_path, tmp_path / "t.pt", tracker=tracker, progress=False)
-    from tdrm.pipeline import load_teacher
+    from tdrm.checkpoint import load_teacher
     model, _ = load_teacher(tmp_path / "t.pt")
     test = load_split(tmp_path, "test")
     acc = evaluate(model, test)["exact_accuracy"]

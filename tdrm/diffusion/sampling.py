@@ -1,0 +1,42 @@
+"""Sampling whole trajectories from a trajectory denoiser: the sampler table, the
+self-conditioning closure the samplers call, and `generate` (puzzles in, standardised
+trajectories or the sampler's whole path out)."""
+from __future__ import annotations
+
+import torch
+
+from .samplers import sample_ddim, sample_ddpm, sample_rows
+
+SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm}
+
+
+class SelfCondModel:
+    """Sampler-facing closure x0_hat = model(x_t, t, puzzle, previous x0_hat)."""
+
+    def __init__(self, model, puzzle: torch.Tensor):
+        self.model, self.puzzle, self.prev = model, puzzle, None
+
+    def __call__(self, x, t, cond=None):
+        out = self.model(x, t, self.puzzle, self.prev if self.model.cfg.self_cond else None)
+        self.prev = out
+        return out
+
+
+@torch.no_grad()
+def generate(model, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, steps: int, eta: float,
+             generator: torch.Generator, return_path: bool = False, sigma_floor: float = 0.0):
+    """Sample standardised trajectories (B, K, L, C) for puzzles (B, N); with `return_path`, the
+    sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob)."""
+    b = puzzle_tokens.shape[0]
+    x_T = torch.randn((b, model.K, model.L, model.C), generator=generator).to(puzzle_tokens.device)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+    if sampler == "ddpm" and eta != 1.0:
+        raise ValueError(f"ddpm samples at eta 1 (the posterior variance), got eta={eta}; use ddim for other values")
+    if getattr(model, "row_lag", None) is not None:  # trained with one noise level per row: rolling schedule
+        out = sample_rows(SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
+                          lag=model.row_lag, eta=eta, return_path=return_path, sigma_floor=sigma_floor)
+        return out if return_path else out.x0
+    out = SAMPLERS[sampler](SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
+                            eta=eta, return_path=return_path, sigma_floor=sigma_floor)
+    return out if return_path else out.x0
