@@ -210,6 +210,7 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
                "changed_after_early": float(np.sum(diag["blank_changed_by_call"][diag["early_call"]:])),
                "early_fixed": diag["wrong_after_early_fixed_at_end"],
                "gflops": cost["tdrm_flops"] / 1e9, "seconds": secs}
+        row.update(_corrector(model, codec, schedule, ps, s, ck["config"]["common"]["seed"], batch_size, device))
         if first is None:
             first = res["correct"]
         else:
@@ -218,6 +219,25 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
+
+
+@torch.no_grad()
+def _corrector(model, codec, schedule, ps, steps: int, seed: int, batch_size: int, device, teacher_steps: int = 3):
+    """Teacher-as-corrector baseline: exact accuracy after 1..teacher_steps teacher supervision
+    steps from the TDRM sample (same seed as the main evaluation, so the same samples)."""
+    from .data.board import to_tokens
+    from .diffusion.sampling import generate
+    from .eval.tdrm import teacher_corrected
+    gen = torch.Generator().manual_seed(seed)
+    right = []
+    for i in range(0, len(ps), batch_size):
+        tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
+        x = generate(model, tokens, schedule, sampler="ddim", steps=steps, eta=0.0, generator=gen)
+        digits = teacher_corrected(codec, x, tokens, teacher_steps)  # (S, B, N)
+        sol = torch.as_tensor(ps.solutions[i:i + batch_size], device=device).long()
+        right.append((digits == sol[None]).all(-1).float().sum(1).cpu())
+    acc = torch.stack(right).sum(0) / len(ps)
+    return {"teacher_corrector": " ".join(f"{v:.3f}" for v in acc.tolist())}
 
 
 def _print(rows: list[dict]) -> None:

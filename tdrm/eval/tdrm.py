@@ -136,3 +136,28 @@ def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: 
             "wrong_after_early_fixed_at_end": fixed_later / max(wrong_early, 1),
             "wrong_blank_cells_after_early": wrong_early,
             "exact_by_row": [float(v) for v in torch.stack(rows_exact).sum(0) / n]}
+
+
+@torch.no_grad()
+def teacher_corrected(codec, x_std: torch.Tensor, tokens: torch.Tensor, steps: int) -> torch.Tensor:
+    """The teacher-as-corrector baseline (reported beside TDRM, never as TDRM): the teacher's
+    supervision steps started from a generated trajectory's last state. x_std (B, R, L, C),
+    tokens (B, N) -> digits after each of `steps` teacher steps (steps, B, N). Positions the trace
+    did not record (prefix) and a z the state does not carry start from the teacher's initial state."""
+    t = codec.teacher
+    b = tokens.shape[0]
+    y0, z0 = t.initial_state(b)
+    y, z = codec._split(x_std[:, -1])  # (B, L', D) each or None
+    if y is None:  # state z: y from the teacher's y-update along the generated cycle ends
+        y = codec.y_path(x_std)[:, -1]
+    p = y0.shape[1] - y.shape[1]  # prefix positions not in the trace
+
+    def full(h, init):
+        return init if h is None else torch.cat([init[:, :p], h.to(init.dtype)], dim=1)
+    y, z = full(y, y0), full(z, z0)
+    x = t.input_embedding(tokens)
+    out = []
+    for _ in range(steps):
+        y, z, logits, _ = t.step(y, z, x)
+        out.append(logits_to_digits(logits))
+    return torch.stack(out)

@@ -89,3 +89,18 @@ def test_layout_and_codec_refuse_what_they_cannot_compute(recorded):
     layout = Layout.of("yz", teacher.cfg, r.header["config"])
     with pytest.raises(ValueError, match="traces.prefix: true"):
         Codec(teacher, layout, fit_standardizer(r, layout), None).check_dynamics()
+
+
+@pytest.mark.parametrize("traces,state", [("step", "yz"), ("inner", "z")])
+def test_teacher_corrector_continues_the_teachers_own_recursion(recorded, traces, state):
+    """From the teacher's own recorded trajectory (y and z known at every position), one corrector
+    step is the teacher's next supervision step: the same digits as tracing N_sup + 1 steps."""
+    from tdrm.eval.tdrm import teacher_corrected
+    teacher, d = recorded
+    codec, x, shard = _codec(teacher, d, traces, state)
+    tokens = torch.as_tensor(to_tokens(shard["puzzle"]))
+    with torch.no_grad():
+        got = teacher_corrected(codec, x, tokens, 2)  # (2, M, N)
+        want = teacher.trace(tokens, teacher.cfg.n_sup + 2, keep_states=False).logits.argmax(-1) - 1
+    assert got.shape == (2, len(tokens), 16)
+    assert (got[0] == want[-2]).float().mean() >= 0.99 and (got[1] == want[-1]).float().mean() >= 0.99
