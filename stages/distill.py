@@ -1,7 +1,7 @@
 """DVC stage `distill`: python stages/distill.py PARAMS TRACES TEACHER OUT METRICS PLOT [--final-only]"""
 import sys
 
-from tdrm.pipeline import distill_stage
+from tdrm.pipeline.distill import distill_stage
 
 if __name__ == "__main__":
     params, traces, teacher, out, metrics, plot = sys.argv[1:7]

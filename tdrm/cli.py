@@ -248,7 +248,7 @@ def cmd_runs_sync(a) -> int:
 def cmd_plot_trajectory(a) -> int:
     from .data.board import parse
     from .device import resolve_device
-    from .pipeline import trajectory_picture
+    from .pipeline.report import trajectory_picture
 
     path = trajectory_picture(a.checkpoint, parse(a.puzzle), a.png, over=a.over, steps=a.steps, seed=a.seed,
                               device=resolve_device(a.device))
@@ -280,7 +280,7 @@ def cmd_plot_curves(a) -> int:
 
 def cmd_report(a) -> int:
     from .device import resolve_device
-    from .pipeline import report
+    from .pipeline.report import report
 
     out = report(a.out, metrics_dir=a.metrics, plots_dir=a.plots, data_dir=a.data, teacher_path=a.teacher,
                  tdrm_path=a.tdrm, puzzle_index=a.puzzle_index, device=resolve_device(a.device))

@@ -56,11 +56,37 @@ def _git(proj, *args):
                    capture_output=True)
 
 
-def test_repro_push_pull_roundtrip(tmp_path, s3):
+def _check_graph(logs):
+    """Each stage's code deps in dvc.yaml are exactly the project modules its run imported (plus its
+    script); the report stage declares every metrics and plot file the other stages write."""
+    from .dvc_graph import code_deps, declared_code, log_name
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, st in stages.items():
+        log = logs / f"{log_name(st['cmd'])}.json"
+        assert log.exists(), f"stage {name} did not run"
+        used, declared = code_deps(log, st["cmd"].split()[1]), declared_code(st["deps"])
+        assert declared == used, (f"stage {name}: declared but not imported {sorted(declared - used)}; "
+                                  f"imported but not declared {sorted(used - declared)}")
+        assert "pyproject.toml" not in st["deps"]
+    written = {next(iter(m)) if isinstance(m, dict) else m for n, st in stages.items() if n != "report"
+               for kind in ("metrics", "plots") for m in st.get(kind, [])}
+    assert written <= set(stages["report"]["deps"]), sorted(written - set(stages["report"]["deps"]))
+
+
+def test_repro_push_pull_roundtrip(tmp_path, s3, monkeypatch):
+    from .dvc_graph import SITECUSTOMIZE
     proj = _scratch_project(tmp_path)
     _dvc(proj, "remote", "add", "-d", "s3", "s3://tdrm-test/tdrm")
     _dvc(proj, "remote", "modify", "--local", "s3", "endpointurl", s3)
+    site, logs = tmp_path / "site", tmp_path / "imports"
+    site.mkdir()
+    logs.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("TDRM_IMPORT_LOG", str(logs))
     _dvc(proj, "repro")
+    _check_graph(logs)
+    monkeypatch.delenv("TDRM_IMPORT_LOG")
     assert (proj / "dvc.lock").exists() and (proj / "metrics" / "teacher.json").exists()
     ckpt = (proj / "models" / "teacher.pt").read_bytes()
     tdrm_ckpt = (proj / "models" / "tdrm.pt").read_bytes()

@@ -13,7 +13,6 @@ import csv
 import html
 import io
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..tracking.store import flatten, varying_keys
@@ -139,8 +138,7 @@ def curves_section(plots_dir: Path) -> str:
 def build_html(*, metrics_dir: str | Path = "metrics", plots_dir: str | Path = "plots",
                records: list[dict] | None = None, pictures: list[tuple[bytes | str | Path, str]] = (),
                title: str = "TDRM report", note: str = "") -> str:
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    body = [f"<h1>{html.escape(title)}</h1><p class=\"muted\">written {now}. {html.escape(note)}</p>",
+    body = [f"<h1>{html.escape(title)}</h1><p class=\"muted\">{html.escape(note)}</p>",
             "<h2>Metrics of every stage</h2>", metrics_section(Path(metrics_dir)),
             "<h2>Runs and experiments</h2>", runs_section(records or []),
             "<h2>Curves</h2>", curves_section(Path(plots_dir)),

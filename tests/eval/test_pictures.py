@@ -120,3 +120,23 @@ def test_report_is_one_self_contained_page(ckpts, tmp_path, monkeypatch, capsys)
     (tmp_path / "plots" / "bad.png").write_bytes(b"not a png")
     assert main(["report", "--out", str(out), "--plots", str(tmp_path / "plots"), "--data", str(tmp_path)]) == 2
     assert "bad.png: not a PNG image" in capsys.readouterr().err
+
+
+def test_report_stage_same_inputs_same_bytes(ckpts, tmp_path, monkeypatch):
+    """The `report` DVC stage reads only its declared inputs: twice on the same inputs gives the same
+    bytes (no clock, no Sacred runs), and a changed metrics file changes the page."""
+    from tdrm.pipeline.report import report_stage
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    make_runs(runs)
+    monkeypatch.setenv("TDRM_RUNS_DIR", str(runs))
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "teacher.json").write_text(json.dumps({"exact_accuracy": 0.8125}))
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "teacher_train.csv").write_text("step,lm_loss\n1,2.0\n2,1.0\n")
+    args = [str(tmp_path / "metrics"), str(tmp_path / "plots"), str(ckpts), str(ckpts / "t.pt"), str(ckpts / "tdrm.pt")]
+    a, b = report_stage(*args, str(tmp_path / "a.html")), report_stage(*args, str(tmp_path / "b.html"))
+    assert a.read_bytes() == b.read_bytes() and b"exp-lr" not in a.read_bytes()
+    (tmp_path / "metrics" / "teacher.json").write_text(json.dumps({"exact_accuracy": 0.9375}))
+    c = report_stage(*args, str(tmp_path / "c.html"))
+    assert c.read_bytes() != a.read_bytes() and b"0.9375" in c.read_bytes()

@@ -1,0 +1,62 @@
+"""DVC stage `evaluate`: the teacher on the test split, and TDRM against it on the same puzzles."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import config
+from ..checkpoint import check_size, load_teacher
+from ..data.dataset import load_split
+from ..device import resolve_device, set_threads
+from ..eval.teacher import evaluate
+from .common import _finish, _tracked, _write_csv
+
+def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_path: str,
+                   plot_path: str, tdrm_path: str | None = None, control_path: str | None = None,
+                   tdrm_metrics_path: str | None = None, plots_dir: str = "plots") -> dict:
+    """The teacher on the test split; with `tdrm_path`, also TDRM against it on the same puzzles
+    (metrics/tdrm.json, accuracy-against-steps and per-step CSV + PNG in `plots_dir`). The HTML
+    report is the `report` stage's (tdrm/pipeline/report.py)."""
+    p = config.load(params_path)
+    set_threads(p.common.threads)
+    device = resolve_device(p.common.device)
+
+    def run(tracker):
+        model, ck = load_teacher(model_path, device)
+        test = load_split(data_dir, "test")
+        check_size(ck, test.shape.cells, f"{data_dir}/test.npz")
+        if p.evaluate.limit:
+            test = test.take(list(range(min(p.evaluate.limit, len(test)))))
+        res = evaluate(model, test, p.evaluate.batch_size, device, progress=True)
+        for k, acc in enumerate(res["per_step_exact_accuracy"], start=1):
+            tracker.log_scalar("test.exact_accuracy_by_step", acc, k)
+        _write_csv(plot_path, [{"step": k, "exact_accuracy": a, "cell_accuracy": c} for k, (a, c) in
+                               enumerate(zip(res["per_step_exact_accuracy"], res["per_step_cell_accuracy"]), 1)])
+        metrics = {"profile": p.profile, "weights": "ema", "split": "test", **res,
+                   "train_steps": ck["step"], "train_minutes": ck["elapsed"] / 60,
+                   "sacred_run_id": tracker.run_id}
+        _finish(tracker, metrics_path, metrics)
+        if tdrm_path:
+            _compare_tdrm(p, model, test, tdrm_path, control_path, tdrm_metrics_path, plots_dir, tracker, device)
+        return metrics
+
+    cfg = {"profile": p.profile, "common": asdict(p.common), "evaluate": asdict(p.evaluate)}
+    return _tracked("evaluate", cfg, p.common.seed, run)
+
+
+def _compare_tdrm(p, teacher, test, tdrm_path, control_path, metrics_path, plots_dir, tracker, device) -> dict:
+    from ..eval.compare import compare
+    from ..eval.plots import accuracy_by_steps_png, per_step_png
+
+    metrics, steps_rows, per_step_rows = compare(teacher, tdrm_path, test, p.evaluate, p.common.seed, device,
+                                                 control_path=control_path)
+    plots = Path(plots_dir)
+    _write_csv(plots / "tdrm_steps.csv", steps_rows)
+    _write_csv(plots / "tdrm_per_step.csv", per_step_rows)
+    title = f"{p.profile} profile, test n={metrics['n']}"
+    accuracy_by_steps_png(steps_rows, plots / "tdrm_steps.png", title)
+    per_step_png(per_step_rows, plots / "tdrm_per_step.png", title)
+    for r in steps_rows:
+        tracker.log_scalar("test.tdrm_exact_by_sampling_steps", r["exact_accuracy"], r["sampling_steps"])
+    metrics = {"profile": p.profile, "split": "test", **metrics, "sacred_run_id": tracker.run_id}
+    return _finish(tracker, metrics_path, metrics)

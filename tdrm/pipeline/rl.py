@@ -1,0 +1,43 @@
+"""DVC stage `rl`: GRPO on the distilled TDRM, evaluated before and after."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import config
+from ..device import resolve_device, set_threads
+from .common import _finish, _tracked, _write_csv
+
+def rl_stage(params_path: str, data_dir: str, tdrm_path: str, model_out: str, metrics_path: str,
+             plots_dir: str = "plots", resume_dir: str = "checkpoints") -> dict:
+    """GRPO on the distilled TDRM (`rl` params), then the test split before and after RL:
+    metrics/rl.json, plots/rl_train.csv (reward curve), plots/rl_steps.{csv,png}."""
+    from ..eval.plots import rl_png
+    from ..rl.train import before_after, train_rl
+
+    p = config.load(params_path)
+    set_threads(p.common.threads)
+    device = resolve_device(p.common.device)
+
+    def run(tracker):
+        res = train_rl(p, tdrm_path, data_dir, model_out, resume_path=Path(resume_dir) / "rl-resume.pt",
+                       tracker=tracker)
+        history = res.pop("history")
+        ev, rows = before_after(p, tdrm_path, model_out, data_dir, device)
+        plots = Path(plots_dir)
+        _write_csv(plots / "rl_train.csv", history)
+        _write_csv(plots / "rl_steps.csv", rows)
+        rl_png(rows, history, plots / "rl.png", f"{p.profile} profile, rl.estimator={p.rl.estimator}, "
+               f"G={p.rl.group_size}, test n={ev['n']}")
+        for r in rows:
+            tracker.log_scalar("test.rl_exact_by_sampling_steps", r["after_exact_accuracy"], r["sampling_steps"])
+        last = history[-1] if history else {}
+        metrics = {"profile": p.profile, "estimator": p.rl.estimator, "group_size": p.rl.group_size,
+                   "train_steps": res["steps"], "train_minutes": res["minutes"],
+                   "final_reward_mean": last.get("reward_mean"), "final_solve_rate": last.get("solve_rate"),
+                   "exact_accuracy_before": ev["before"]["exact_accuracy"],
+                   "exact_accuracy_after": ev["after"]["exact_accuracy"], **ev, "sacred_run_id": tracker.run_id}
+        return _finish(tracker, metrics_path, metrics)
+
+    cfg = {"profile": p.profile, "common": asdict(p.common), "rl": asdict(p.rl)}
+    return _tracked("rl", cfg, p.common.seed, run)

@@ -1,0 +1,27 @@
+"""DVC stage `traces`: record the teacher's trajectories."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from .. import config
+from ..checkpoint import load_teacher
+from ..device import resolve_device, set_threads
+from .common import _finish, _tracked
+
+def traces_stage(params_path: str, data_dir: str, model_path: str, out_dir: str, metrics_path: str) -> dict:
+    from ..traces.record import record
+
+    p = config.load(params_path)
+    set_threads(p.common.threads)
+    device = resolve_device(p.common.device)
+
+    def run(tracker):
+        model, ck = load_teacher(model_path, device)
+        res = record(model, model_path, data_dir, out_dir, p.traces, p.common.seed, device)
+        metrics = {"profile": p.profile, **{k: v for k, v in res.items() if k != "splits"},
+                   **{f"{s}_puzzles": v["puzzles"] for s, v in res["splits"].items()},
+                   "sacred_run_id": tracker.run_id}
+        return _finish(tracker, metrics_path, metrics)
+
+    cfg = {"profile": p.profile, "common": asdict(p.common), "traces": asdict(p.traces)}
+    return _tracked("traces", cfg, p.common.seed, run)
