@@ -21,6 +21,7 @@ from .generate import generate_many
 from .loaders import PuzzleSet, load_puzzles, sha256
 from .solver import solve
 from ..paths import resolve_input
+from ..rng import DATASET_SPLIT, stream
 
 SPLITS = ("train", "val", "test")
 
@@ -117,7 +118,7 @@ def build(cfg: Data, out_dir: str | Path, progress: bool = True) -> dict:
     """Build the dataset described by `cfg` into `out_dir`; returns the meta dict."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([cfg.seed, 1])
+    rng = stream(cfg.seed, DATASET_SPLIT)
     allp, sources = _collect(cfg, rng, progress)
     shape = allp.shape
     keys = canonical_keys(allp.puzzles, shape, cfg.workers, progress)

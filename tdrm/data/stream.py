@@ -5,6 +5,7 @@ import numpy as np
 
 from .augment import apply_transform, random_transform
 from .board import Shape
+from ..rng import TEACHER_STREAM, stream
 
 
 class PuzzleStream:
@@ -13,7 +14,7 @@ class PuzzleStream:
     def __init__(self, puzzles: np.ndarray, solutions: np.ndarray, shape: Shape, seed: int,
                  augment: bool = True):
         self.puzzles, self.solutions, self.shape, self.augment = puzzles, solutions, shape, augment
-        self.rng = np.random.default_rng([seed, 2])
+        self.rng = stream(seed, TEACHER_STREAM)
         self.order = self.rng.permutation(len(puzzles))
         self.pos = 0
         self.epoch = 0

@@ -11,6 +11,9 @@ The cell axis holds the recorded positions: the cells, or prefix + cells (`trace
 which the teacher's own step needs (its mixer reads every position). Hence the dynamics term and
 state z require the prefix positions whenever the teacher has any.
 
+Shards become tensors in `tdrm.traces.tensors` (`state_tensor`, `fit_standardizer`); this
+module is math on tensors only.
+
 Shapes: B batch, R modelled rows, K supervision steps, L recorded positions (P prefix + N cells),
 C channels (stored, possibly projected), D teacher hidden, V vocab.
 """
@@ -18,10 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from ..traces.store import TraceReader, from_numpy
 
 STATES = ("y", "yz", "z")
 
@@ -56,19 +57,6 @@ class Layout:
         return self.T if self.state == "z" else 1
 
 
-def state_tensor(shard: dict[str, np.ndarray], layout: Layout, dtype: str) -> torch.Tensor:
-    """(M, R, L, C) float32: the modelled rows of a shard with fields y, z."""
-    if layout.state == "y":
-        return from_numpy(shard["y"], dtype)
-    z = from_numpy(shard["z"], dtype)
-    if layout.state == "yz":
-        return torch.cat([from_numpy(shard["y"], dtype), z], dim=-1)
-    if layout.inner:  # (M, K, T*n, L, C) -> cycle ends (M, K*T, L, C)
-        z = z[:, :, layout.n - 1::layout.n]
-        return z.reshape(z.shape[0], -1, *z.shape[3:])
-    return z
-
-
 @dataclass
 class Standardizer:
     """Per-channel mean and std (C,) of the training trajectories."""
@@ -84,22 +72,6 @@ class Standardizer:
 
     def state_dict(self) -> dict:
         return {"mean": self.mean, "std": self.std}
-
-
-def fit_standardizer(reader: TraceReader, layout: Layout, eps: float = 1e-5) -> Standardizer:
-    """One streaming pass over every shard (float64 sums)."""
-    dtype = reader.header["config"]["dtype"]
-    s = s2 = None
-    n = 0
-    for i in range(len(reader.shards)):
-        x = state_tensor(reader.load_shard(i, ["y", "z"]), layout, dtype).double()
-        x = x.reshape(-1, x.shape[-1])  # (N, C)
-        s = x.sum(0) if s is None else s + x.sum(0)
-        s2 = x.square().sum(0) if s2 is None else s2 + x.square().sum(0)
-        n += x.shape[0]
-    mean = s / n
-    std = (s2 / n - mean.square()).clamp_min(0).sqrt() + eps
-    return Standardizer(mean.float(), std.float())
 
 
 class Codec:

@@ -30,6 +30,7 @@ from ..traces.store import sha256_file
 from .grpo import group_advantages
 from .phase import UPDATES, Batch, subset
 from .reward import reward
+from ..rng import RL_ORDER, VALIDATION_SAMPLING, stream
 
 
 def _check(cfg) -> None:
@@ -106,7 +107,8 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
     def val_accuracy() -> float:
         model.eval()
         r = evaluate_tdrm(model, codec, schedule, val_set, sampler="ddim", steps=cfg.sample_steps, eta=0.0,
-                          samples=1, seed=params.common.seed + 1, batch_size=256, device=device)
+                          samples=1, seed=params.common.seed + VALIDATION_SAMPLING,
+                          batch_size=params.evaluate.batch_size, device=device)
         return r["exact_accuracy"]
 
     def save(path: Path, final: bool) -> None:
@@ -124,7 +126,7 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
     bar = tqdm(total=cfg.steps, initial=step, desc=f"rl {cfg.estimator}", disable=not progress, mininterval=2)
     window: list[dict] = []
     while step < cfg.steps:
-        order = np.random.default_rng([params.common.seed, 4, epoch]).permutation(len(train))
+        order = stream(params.common.seed, RL_ORDER, epoch).permutation(len(train))
         if pos + cfg.puzzles > len(order):
             epoch, pos = epoch + 1, 0
             continue
@@ -171,7 +173,8 @@ def before_after(params: Params, tdrm_path, rl_path, data_dir, device, progress:
         row = {"sampling_steps": s}
         for name, (m, codec, sched, _) in models.items():
             r = evaluate_tdrm(m, codec, sched, test, sampler="ddim", steps=s, eta=0.0, samples=1,
-                              seed=params.common.seed, batch_size=256, device=device, progress=progress)
+                              seed=params.common.seed, batch_size=params.evaluate.batch_size, device=device,
+                              progress=progress)
             row[f"{name}_exact_accuracy"] = r["exact_accuracy"]
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = r["ci95"]
             if s == cfg.sample_steps:

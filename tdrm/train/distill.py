@@ -23,12 +23,14 @@ from ..diffusion.losses import answer_ce, denoising_mse, loss_weights, row_mse, 
 from ..diffusion.samplers import row_step
 from ..diffusion.sampling import generate
 from ..diffusion.schedules import make_schedule, q_sample, row_levels
-from ..diffusion.trajectory import Codec, Layout, fit_standardizer, state_tensor
+from ..diffusion.trajectory import Codec, Layout
+from ..traces.tensors import fit_standardizer, state_tensor
 from ..models.denoiser import Denoiser, row_lag_of
 from ..tracking.base import Tracker
 from ..traces.store import TraceReader
 from .. import checkpoint
 from .optim import EMA, warmup_constant, warmup_cosine
+from ..rng import DISTILL_BATCHES, VALIDATION_SAMPLING, stream
 
 ROW_NOISE = ("shared", "independent", "rolling")
 
@@ -77,7 +79,7 @@ def self_correct_input(schedule, x_hi: torch.Tensor, x0_hi: torch.Tensor, t_hi: 
 
 
 def _batches(reader: TraceReader, batch: int, seed: int, epoch: int):
-    return reader.batches(batch, np.random.default_rng([seed, 3, epoch]),
+    return reader.batches(batch, stream(seed, DISTILL_BATCHES, epoch),
                           fields=["y", "z", "puzzle", "solution", "logits"])
 
 
@@ -131,7 +133,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     def evaluate_ema() -> tuple[float, float]:
         """(exact, cell) accuracy of the EMA model's samples on the first validation puzzles."""
         x = generate(ema.model, v_tokens, schedule, sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta,
-                     generator=torch.Generator().manual_seed(params.common.seed + 1))
+                     generator=torch.Generator().manual_seed(params.common.seed + VALIDATION_SAMPLING))
         right = codec.answer_logits(x).argmax(-1) == v_sol
         return float(right.all(-1).float().mean()), float(right.float().mean())
 

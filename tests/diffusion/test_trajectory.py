@@ -7,7 +7,8 @@ import torch
 
 from tdrm.config import Traces
 from tdrm.data.board import to_tokens
-from tdrm.diffusion.trajectory import Codec, Layout, fit_standardizer, state_tensor
+from tdrm.diffusion.trajectory import Codec, Layout
+from tdrm.traces.tensors import fit_standardizer, state_tensor
 from tdrm.checkpoint import load_teacher
 from tdrm.traces.record import record
 from tdrm.traces.store import TraceReader

@@ -56,11 +56,11 @@ def bench_trm(profile: str, params_path: str, steps: int, warmup: int, device, b
     """`infer_sup_steps`: supervision steps timed for inference, scaled to N_sup (default all)."""
     import yaml
 
-    from .config import from_dict
-    from .data.board import shape_for_n
-    from .models.losses import trm_loss
-    from .models.trm import TRM, count_params
-    from .train.optim import make_optimizer
+    from ..config import from_dict
+    from ..data.board import shape_for_n
+    from ..models.losses import trm_loss
+    from ..models.trm import TRM, count_params
+    from ..train.optim import make_optimizer
 
     raw = yaml.safe_load(Path(params_path).read_text())
     raw["profile"] = profile
@@ -117,8 +117,8 @@ def bench_trm(profile: str, params_path: str, steps: int, warmup: int, device, b
 
 
 def _solve_rows(rows):
-    from .data.board import format_board
-    from .data.solver import solve
+    from ..data.board import format_board
+    from ..data.solver import solve
 
     out = []
     for line, _, q, ans, rating in rows:
@@ -137,7 +137,7 @@ def bench_solver(path: str, limit: int | None, workers: int = 1) -> dict:
 
     from tqdm import tqdm
 
-    from .data.loaders import _raw_rows
+    from ..data.loaders import _raw_rows
 
     rows = list(_raw_rows(Path(path)))[:limit]
     chunks = [rows[i:i + 500] for i in range(0, len(rows), 500)]
@@ -165,12 +165,12 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
                device, batch_size: int = 256) -> list[dict]:
     """One row per checkpoint (see the module doc); the teacher's row first (from the first
     checkpoint's embedded teacher, which every checkpoint must share)."""
-    from .data.dataset import load_split
-    from .data.board import to_tokens
-    from .eval.compare import teacher_run
-    from .eval.metrics import mcnemar_exact
-    from .eval.tdrm import chain_diagnosis, evaluate_tdrm, inference_cost
-    from .checkpoint import load_tdrm
+    from ..data.dataset import load_split
+    from ..data.board import to_tokens
+    from ..eval.compare import teacher_run
+    from ..eval.metrics import mcnemar_exact
+    from ..eval.tdrm import chain_diagnosis, evaluate_tdrm, inference_cost
+    from ..checkpoint import load_tdrm
 
     ps = load_split(data_dir, split)
     if limit:
@@ -225,9 +225,9 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
 def _corrector(model, codec, schedule, ps, steps: int, seed: int, batch_size: int, device, teacher_steps: int = 3):
     """Teacher-as-corrector baseline: exact accuracy after 1..teacher_steps teacher supervision
     steps from the TDRM sample (same seed as the main evaluation, so the same samples)."""
-    from .data.board import to_tokens
-    from .diffusion.sampling import generate
-    from .eval.tdrm import teacher_corrected
+    from ..data.board import to_tokens
+    from ..diffusion.sampling import generate
+    from ..eval.tdrm import teacher_corrected
     gen = torch.Generator().manual_seed(seed)
     right = []
     for i in range(0, len(ps), batch_size):
@@ -253,7 +253,7 @@ def _print(rows: list[dict]) -> None:
 
 def run(what: str, **kw) -> int:
     """Run one benchmark, print its table, optionally write JSON; exit status 1 if the solver erred."""
-    from .device import resolve_device
+    from ..device import resolve_device
     print(f"machine: {_machine()}; commit {_commit()}", flush=True)
     if what == "trm":
         device = resolve_device(kw["device"])
@@ -274,8 +274,3 @@ def run(what: str, **kw) -> int:
     if kw.get("out"):
         Path(kw["out"]).write_text(json.dumps({"machine": _machine(), "commit": _commit(), "rows": rows}, indent=2))
     return 0 if what != "solver" or rows[0]["wrong_or_not_unique"] == 0 else 1
-
-
-if __name__ == "__main__":
-    from .cli import bench_main
-    sys.exit(bench_main())
