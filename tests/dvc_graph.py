@@ -6,7 +6,8 @@ write the files of all modules it loaded at exit. `code_deps` maps that to the p
 stands for every .py file under it). `minimal_deps` writes a closure back as deps (a directory
 where every .py file under it is used), which is how dvc.yaml's lists were made:
 
-    python -m tests.dvc_graph LOG_DIR      # after a logged `dvc repro` of the tiny profile
+    python -m tests.dvc_graph LOG_DIR      # rewrite dvc.yaml's code deps from a logged tiny `dvc repro`
+                                           # (the import logs tests/test_dvc_s3.py leaves in its tmp dir)
 """
 from __future__ import annotations
 
@@ -72,10 +73,34 @@ def minimal_deps(files: set[str], root: Path = ROOT) -> list[str]:
     return sorted(f for f in left if f.startswith("stages/")) + sorted(chosen + [f for f in left if not f.startswith("stages/")])
 
 
-if __name__ == "__main__":
+def rewrite_deps(logs: Path, path: Path = ROOT / "dvc.yaml") -> None:
+    """Replace every stage's code deps in dvc.yaml by its logged closure (data deps, order of stages,
+    params, outs and comments kept): stage script, data and model deps, then code."""
+    import re
+
     import yaml
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, st in stages.items():
-        log = Path(sys.argv[1]) / f"{log_name(st['cmd'])}.json"
-        if log.exists():
-            print(name, minimal_deps(code_deps(log, st["cmd"].split()[1])))
+    stages = yaml.safe_load(path.read_text())["stages"]
+    lines, out, cur, i = path.read_text().split("\n"), [], None, 0
+    while i < len(lines):
+        ln = lines[i]
+        m = re.match(r"^  (\w+):", ln)
+        if m:
+            cur = m.group(1)
+        if ln.startswith("    deps:") and cur in stages:
+            st = stages[cur]
+            code = minimal_deps(code_deps(Path(logs) / f"{log_name(st['cmd'])}.json", st["cmd"].split()[1]))
+            data = [d for d in st["deps"] if d.split("/")[0] not in (*CODE, "stages")]
+            out.append("    deps:")
+            out += [f"      - {d}" for d in [c for c in code if c.startswith("stages/")] + data
+                    + [c for c in code if not c.startswith("stages/")]]
+            i += 1
+            while i < len(lines) and lines[i].startswith("      - "):
+                i += 1
+            continue
+        out.append(ln)
+        i += 1
+    path.write_text("\n".join(out))
+
+
+if __name__ == "__main__":
+    rewrite_deps(Path(sys.argv[1]))

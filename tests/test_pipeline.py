@@ -1,3 +1,4 @@
+import pytest
 """Stage smoke tests on the tiny profile: the stage scripts, Sacred records, determinism."""
 import json
 import os
@@ -45,6 +46,7 @@ def test_pipeline_twice_same_seed_same_metrics_and_sacred_records(tiny_params_fi
     assert len([p for p in runs.iterdir() if p.name.isdigit()]) == 6
 
 
+@pytest.mark.slow
 def test_stage_scripts_take_paths_from_argv(tiny_params_file, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     def run(*args):

@@ -21,6 +21,7 @@ def test_without_cuda_it_says_so_and_exits_0(capsys):
     assert bench.main(["--device", "cpu"]) == 2  # full shapes are not run in the interpreter
 
 
+@pytest.mark.slow
 def test_small_run_writes_every_row_with_speedups(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(["--device", DEVICE, "--small", "--no-compile", "--reps", "1", "--dtype", "fp32",

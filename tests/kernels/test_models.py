@@ -58,6 +58,7 @@ def test_denoiser_through_the_kernels_matches_the_reference_path(monkeypatch, at
     _both_paths(monkeypatch, model, lambda: model(x, t, puzzle))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["trm_mlp_t", "trm_attention", "denoiser"])
 def test_the_triton_ops_trace_whole_under_torch_compile(monkeypatch, which):
     """The ops are torch.library custom ops (fake shapes, registered autograd): torch.compile

@@ -55,6 +55,7 @@ def test_live_observer_then_sync_is_idempotent(wire_mongo, tmp_path, monkeypatch
     assert "train.exact_acc" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_unreachable_mongo_falls_back_to_file_storage(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TDRM_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("TDRM_MONGO_URL", "mongodb://127.0.0.1:9")  # the discard port: nothing listens
@@ -72,6 +73,7 @@ def test_unreachable_mongo_falls_back_to_file_storage(tmp_path, monkeypatch, cap
         cmd_runs_sync(build_parser().parse_args(["runs", "sync"]))
 
 
+@pytest.mark.slow
 def test_no_credential_is_printed_or_recorded(tmp_path, monkeypatch, capsys):
     """An unreachable URL with user and password: messages and the Sacred run show the user and
     *** for the password, never the password itself."""

@@ -124,6 +124,7 @@ def test_checkpoint_errors_are_clear(tmp_path):
         checkpoint.load(tmp_path / "junk.pt")
 
 
+@pytest.mark.slow
 def test_tiny_trm_learns_4x4(tmp_path):
     """A tiny TRM really learns: >= 90% exact on held-out 4x4 puzzles (different classes)."""
     p = tiny_params({"teacher": LEARN})
