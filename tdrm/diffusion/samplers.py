@@ -67,26 +67,40 @@ def step_mean(schedule: Schedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: in
     return c_x0 * x0_hat + c_eps * eps_hat, sigma
 
 
-def _sample(model, x_T, schedule, *, generator, steps, cond, eta, return_path, sigma_floor=0.0):
+def _noise(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """z ~ N(0, I) shaped like x, drawn on the CPU with `generator` (runs repeat on any device)."""
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+
+
+def _chain(model, x_T, rounds, move, *, cond, return_path: bool) -> Sample:
+    """The reverse chain every sampler shares: for each round (t, t_prev, the model's t), one
+    model call and `move(x, x0_hat, t, t_prev) -> (mean, sigma, x_prev, log_prob)`."""
     x = x_T
     out = Sample(x_T)
-    ts = timesteps(schedule, steps)
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else 0
-        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        x0_hat = model(x, tt, cond)
-        mean, sigma = step_mean(schedule, x, x0_hat, t, t_prev, eta, sigma_floor)
-        if sigma > 0:
-            z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
-            x_prev = mean + sigma * z
-            lp = gaussian_log_prob(x_prev, mean, sigma) if return_path else None
-        else:
-            x_prev, lp = mean, None
+    for t, t_prev, t_model in rounds:
+        x0_hat = model(x, t_model, cond)
+        mean, sigma, x_prev, lp = move(x, x0_hat, t, t_prev)
         if return_path:
             out.path.append(Step(t, t_prev, x, x0_hat, mean, sigma, x_prev, lp))
         x = x_prev
     out.x0 = x
     return out
+
+
+def _sample(model, x_T, schedule, *, generator, steps, cond, eta, return_path, sigma_floor=0.0):
+    ts = timesteps(schedule, steps)
+    b = x_T.shape[0]
+    rounds = [(t, ts[i + 1] if i + 1 < len(ts) else 0, torch.full((b,), t, dtype=torch.long, device=x_T.device))
+              for i, t in enumerate(ts)]
+
+    def move(x, x0_hat, t, t_prev):
+        mean, sigma = step_mean(schedule, x, x0_hat, t, t_prev, eta, sigma_floor)
+        if sigma <= 0:
+            return mean, sigma, mean, None
+        x_prev = mean + sigma * _noise(x, generator)
+        return mean, sigma, x_prev, gaussian_log_prob(x_prev, mean, sigma) if return_path else None
+
+    return _chain(model, x_T, rounds, move, cond=cond, return_path=return_path)
 
 
 def sample_ddpm(model, x_T, schedule: Schedule, *, generator: torch.Generator, steps: int | None = None,
@@ -144,24 +158,18 @@ def sample_rows(model, x_T, schedule: Schedule, *, generator: torch.Generator, s
     Each round is Gaussian per row; its exact log-probability is the sum over the rows that moved
     with sigma > 0 (None when none did)."""
     b, k = x_T.shape[:2]
-    x = x_T
-    out = Sample(x_T)
-    for t, t_prev in row_rounds(k, steps, lag, schedule.T):
-        t, t_prev = t.to(x.device), t_prev.to(x.device)
-        x0_hat = model(x, t.expand(b, k), cond)
+    rounds = [(t.to(x_T.device), tn.to(x_T.device), t.to(x_T.device).expand(b, k))
+              for t, tn in row_rounds(k, steps, lag, schedule.T)]
+
+    def move(x, x0_hat, t, t_prev):
         mean, sigma = row_step(schedule, x, x0_hat, t, t_prev, eta, sigma_floor)
         noisy = sigma > 0
-        if bool(noisy.any()):
-            z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
-            x_prev = mean + sigma.to(x.dtype).view(1, -1, 1, 1) * z
-            lp = None
-            if return_path:
-                lp = sum(gaussian_log_prob(x_prev[:, r], mean[:, r], float(sigma[r]))
-                         for r in range(k) if bool(noisy[r]))
-        else:
-            x_prev, lp = mean, None
+        if not bool(noisy.any()):
+            return mean, sigma, mean, None
+        x_prev = mean + sigma.to(x.dtype).view(1, -1, 1, 1) * _noise(x, generator)
+        lp = None
         if return_path:
-            out.path.append(Step(t, t_prev, x, x0_hat, mean, sigma, x_prev, lp))
-        x = x_prev
-    out.x0 = x
-    return out
+            lp = sum(gaussian_log_prob(x_prev[:, r], mean[:, r], float(sigma[r])) for r in range(k) if bool(noisy[r]))
+        return mean, sigma, x_prev, lp
+
+    return _chain(model, x_T, rounds, move, cond=cond, return_path=return_path)
