@@ -1,5 +1,12 @@
-"""Pure losses of trajectory distillation (METHOD.md section 3)."""
+"""Pure losses of trajectory distillation (METHOD.md section 3).
+
+`distillation_loss` is the whole objective (weighted x0-MSE + ce_weight * decoded cross-entropy),
+used by distillation training; `sample_mse` is its per-sample denoising term, which the ELBO arm
+of RL weights by advantages.
+"""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +29,14 @@ def loss_weights(schedule: Schedule, t: torch.Tensor, kind: str) -> torch.Tensor
     raise ValueError(f"loss_weighting must be uniform or min_snr, got {kind!r}")
 
 
+def sample_mse(x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """(B,) each sample's mean squared error over all its other dimensions."""
+    return (x0_hat.float() - x0.float()).square().reshape(x0.shape[0], -1).mean(-1)
+
+
 def denoising_mse(x0_hat: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean over the batch of each sample's mean squared error."""
-    per = (x0_hat.float() - x0.float()).square().reshape(x0.shape[0], -1).mean(-1)  # (B,)
-    return (weights * per).mean()
+    return (weights * sample_mse(x0_hat, x0)).mean()
 
 
 def answer_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -50,3 +61,29 @@ def rows_ce(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | No
         return per.mean()
     m = rows.float()
     return (per * m).sum() / m.sum().clamp_min(1.0)
+
+
+class DistillLoss(NamedTuple):
+    loss: torch.Tensor  # () mse + ce_weight * ce, what is differentiated
+    mse: torch.Tensor   # () weighted denoising term
+    ce: torch.Tensor    # () decoded cross-entropy term
+
+
+def distillation_loss(x0_hat: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, *,
+                      weighting: str, ce_logits: torch.Tensor, ce_targets: torch.Tensor,
+                      ce_weight: float) -> DistillLoss:
+    """The distillation objective for predictions x0_hat of trajectories x0 (B, K, L, C) at levels t:
+    (B,) one level per trajectory, or (B, K) one per row, where rows at level 0 are clean context
+    and carry no loss. The denoising term is the x0-MSE weighted by `loss_weights(weighting)`; the
+    CE term decodes either the answer, logits (B, N, V) against (B, N), or every row, logits
+    (B, K, N, V) against (B, K, N) over the noised rows."""
+    weights = loss_weights(schedule, t, weighting)  # (B,) or (B, K)
+    noisy = t > 0 if t.dim() == 2 else None  # (B, K)
+    mse = denoising_mse(x0_hat, x0, weights) if noisy is None else row_mse(x0_hat, x0, weights, noisy)
+    if ce_logits.dim() == 4:
+        ce = rows_ce(ce_logits, ce_targets, noisy)
+    elif ce_logits.dim() == 3:
+        ce = answer_ce(ce_logits, ce_targets)
+    else:
+        raise ValueError(f"ce_logits must be (B, N, V) or (B, K, N, V), got shape {tuple(ce_logits.shape)}")
+    return DistillLoss(mse + ce_weight * ce, mse, ce)

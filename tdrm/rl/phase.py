@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..diffusion.logprob import gaussian_log_prob
+from ..diffusion.losses import sample_mse
 from ..diffusion.samplers import Sample, step_mean
 from ..diffusion.schedules import Schedule, q_sample
 from .grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl
@@ -96,7 +97,7 @@ def elbo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generato
     t = torch.randint(1, schedule.T + 1, (s,), generator=generator).to(x0.device)
     eps = torch.randn(x0.shape, generator=generator).to(x0.device)
     x_t = q_sample(x0, t, schedule, eps)
-    per = lambda m: (m(x_t, t, batch.puzzle, None) - x0).square().flatten(1).mean(-1)  # noqa: E731
+    per = lambda m: sample_mse(m(x_t, t, batch.puzzle, None), x0)  # noqa: E731  (S,)
     with torch.no_grad():
         loss_ref = per(ref)
     stats = []

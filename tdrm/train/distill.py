@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..config import Params
 from ..data.board import to_tokens
 from ..device import resolve_device
-from ..diffusion.losses import answer_ce, denoising_mse, loss_weights, row_mse, rows_ce
+from ..diffusion.losses import distillation_loss
 from ..diffusion.samplers import row_step
 from ..diffusion.sampling import generate
 from ..diffusion.schedules import make_schedule, q_sample, row_levels
@@ -195,16 +195,14 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             with torch.no_grad():
                 prev = model(x_t, t, puzzle)
         x0_hat = model(x_t, t, puzzle, prev)
-        weights = loss_weights(schedule, t, cfg.loss_weighting)
-        noisy = t > 0 if t.dim() == 2 else None  # (B, K) rows that carry a loss
-        mse = denoising_mse(x0_hat, x0, weights) if noisy is None else row_mse(x0_hat, x0, weights, noisy)
-        if cfg.ce_rows == "all":
+        if cfg.ce_rows == "all":  # every row against the teacher's argmax at that step, the last against target
             targets = torch.as_tensor(batch["logits"][:, -x0.shape[1]:].argmax(-1), device=device).long()
             targets[:, -1] = target
-            ce = rows_ce(codec.step_logits(x0_hat), targets, noisy)
+            ce_logits = codec.step_logits(x0_hat)  # (B, K, N, V)
         else:
-            ce = answer_ce(codec.answer_logits(x0_hat), target)
-        loss = mse + cfg.ce_weight * ce
+            targets, ce_logits = target, codec.answer_logits(x0_hat)  # (B, N), (B, N, V)
+        loss, mse, ce = distillation_loss(x0_hat, x0, t, schedule, weighting=cfg.loss_weighting,
+                                          ce_logits=ce_logits, ce_targets=targets, ce_weight=cfg.ce_weight)
         dyn = torch.zeros(())
         if cfg.dynamics_weight:
             dyn = codec.dynamics_residual(x0_hat, puzzle).square().mean()
