@@ -391,6 +391,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     t.add_argument("--paper-steps", type=int, default=3, help="timed steps for the paper config")
     t.add_argument("--paper-batch", type=int, help="batch for the paper config (default: its 768)")
     t.add_argument("--device", default="auto")
+    t.add_argument("--compile", action="store_true", help="also time the torch.compile'd step (common.compile)")
+    t.add_argument("--denoiser", action="store_true", help="also time the denoiser's training step")
     t.add_argument("--out")
     d = sub.add_parser("tdrm", help="TDRM checkpoints against their teacher (accuracy, paired tests, chain)")
     d.add_argument("--checkpoint", action="append", required=True, help="repeatable; the first is the paired reference")

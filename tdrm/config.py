@@ -26,6 +26,7 @@ class Common:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    compile: bool = False  # torch.compile the teacher's training step and the denoiser (issue 12)
 
 
 @dataclass(frozen=True)

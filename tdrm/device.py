@@ -16,3 +16,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 def set_threads(n: int) -> None:
     if n > 0:
         torch.set_num_threads(n)
+
+
+def maybe_compile(fn, enabled: bool):
+    """`torch.compile(fn)` (static shapes: a new batch shape compiles once more) when enabled,
+    else fn itself. Compiled code changes floating-point rounding, not the maths."""
+    return torch.compile(fn, dynamic=False) if enabled else fn

@@ -63,10 +63,12 @@ def test_bench_prints_tables(capsys, tmp_path):
 
     from .conftest import ROOT
     assert bench_main(["trm", "--params", str(ROOT / "params.yaml"), "--profiles", "tiny", "--steps", "2",
-                       "--out", str(tmp_path / "b.json")]) == 0
+                       "--denoiser", "--out", str(tmp_path / "b.json")]) == 0
     out = capsys.readouterr().out
-    assert "train_samples_x_steps_per_s" in out and "| tiny" in out
-    assert json.loads((tmp_path / "b.json").read_text())["rows"][0]["batch"] == 64
+    assert "train_samples_x_steps_per_s" in out and "| tiny" in out and "| denoiser step" in out
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [(r["what"], r["batch"], r["compiled"]) for r in rows] == [("teacher step", 64, False),
+                                                                      ("denoiser step", 32, False)]
     assert bench_main(["solver", "--file", str(FIXTURES / "hard9.csv")]) == 0
     out = capsys.readouterr().out
     assert "median_ms" in out and "| 20 " in out

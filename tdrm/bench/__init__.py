@@ -1,8 +1,9 @@
 """Benchmarks that print tables: `python -m tdrm.bench trm`, `solver` and `tdrm`.
 
 trm: training throughput (samples x supervision steps per second), inference puzzles per second
-and peak memory, for the params profile (default: the shipped default profile) and for the
-paper config over a few steps.
+and peak memory, for the params profiles (default: the shipped default profile and the paper
+config over a few steps); `--compile` adds the compiled step beside the eager one (compilation
+time reported) and `--denoiser` the denoiser's training step at each profile's trajectory shape.
 tdrm: TDRM checkpoints against their teacher on one split (issue 13's ablation table): exact
 accuracy with 95% CI at the checkpoint's own sampler, exact McNemar paired tests against the
 teacher and against the first checkpoint, decode accuracy per trajectory row, where the chain
@@ -51,26 +52,54 @@ def _peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def bench_trm(profile: str, params_path: str, steps: int, warmup: int, device, batch: int | None = None,
-              infer_sup_steps: int | None = None) -> dict:
-    """`infer_sup_steps`: supervision steps timed for inference, scaled to N_sup (default all)."""
+def _profile_params(profile: str, params_path: str):
     import yaml
 
     from ..config import from_dict
-    from ..data.board import shape_for_n
-    from ..models.losses import trm_loss
-    from ..models.trm import TRM, count_params
-    from ..train.optim import make_optimizer
-
     raw = yaml.safe_load(Path(params_path).read_text())
     raw["profile"] = profile
-    p = from_dict(raw)
-    cfg = p.teacher
-    if batch:
-        import dataclasses
-        cfg = dataclasses.replace(cfg, batch=batch)
-    n = 9 if profile == "paper" or p.data.source == "files" else p.data.size
-    shape = shape_for_n(n)
+    return from_dict(raw)
+
+
+def _shape_of(profile: str, p):
+    from ..data.board import shape_for_n
+    return shape_for_n(9 if profile == "paper" or p.data.source == "files" else p.data.size)
+
+
+def _timed(run, steps: int, warmup: int, sync) -> tuple[float, float]:
+    """(seconds of the first `warmup` calls, which include any compilation; seconds per call after)."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        run()
+    sync()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        run()
+    sync()
+    return first, (time.perf_counter() - t0) / steps
+
+
+def _syncer(device):
+    return (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+
+
+def bench_trm(profile: str, params_path: str, steps: int, warmup: int, device, batch: int | None = None,
+              infer_sup_steps: int | None = None, compile_: bool = False) -> dict:
+    """The teacher's training step exactly as `train_teacher` runs it (`train_forward`, backward,
+    optimizer); `compile_` compiles it as `common.compile` does, and `compile_s` is the time of the
+    warm-up steps (compilation included). `infer_sup_steps`: supervision steps timed for inference,
+    scaled to N_sup (default all)."""
+    import dataclasses
+
+    from ..device import maybe_compile
+    from ..models.trm import TRM, count_params
+    from ..train.optim import make_optimizer
+    from ..train.teacher import train_forward
+
+    p = _profile_params(profile, params_path)
+    cfg = dataclasses.replace(p.teacher, batch=batch) if batch else p.teacher
+    shape = _shape_of(profile, p)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model = TRM(cfg.model, shape.cells, shape.vocab).to(device)
@@ -78,24 +107,18 @@ def bench_trm(profile: str, params_path: str, steps: int, warmup: int, device, b
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(1, shape.vocab, (cfg.batch, shape.cells), generator=g).to(device)
     labels = torch.randint(2, shape.vocab, (cfg.batch, shape.cells), generator=g).to(device)
-    y, z = model.initial_state(cfg.batch)
+    state = list(model.initial_state(cfg.batch))
+    forward = maybe_compile(train_forward, compile_)
+    sync = _syncer(device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for i in range(warmup + steps):
-        if i == warmup:
-            sync()
-            t0 = time.perf_counter()
-        x = model.input_embedding(tokens)
-        y, z, logits, q = model.step(y.detach(), z.detach(), x)
-        loss, _, _ = trm_loss(logits, q, labels)
+    def train_step():
+        y, z, _, loss, _ = forward(model, state[0], state[1], tokens, labels, cfg.q_loss_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    sync()
-    train_s = (time.perf_counter() - t0) / steps
+        state[:] = y.detach(), z.detach()
+
+    first, train_s = _timed(train_step, steps, warmup, sync)
     model.eval()
     # inference: time `infer_k` supervision steps and scale to N_sup (every step costs the same)
     infer_k = infer_sup_steps or cfg.model.n_sup
@@ -107,13 +130,62 @@ def bench_trm(profile: str, params_path: str, steps: int, warmup: int, device, b
         model.trace(tokens, infer_k, keep_states=False)
         sync()
         infer_s = (time.perf_counter() - t0) * cfg.model.n_sup / infer_k
-    return {"profile": profile, "params": count_params(model), "batch": cfg.batch,
-            "T": cfg.model.T, "n": cfg.model.n, "n_sup": cfg.model.n_sup, "hidden": cfg.model.hidden,
-            "ms_per_train_step": 1000 * train_s,
-            "train_samples_x_steps_per_s": cfg.batch / train_s,
+    return {"what": "teacher step", "profile": profile, "compiled": compile_, "params": count_params(model),
+            "batch": cfg.batch, "T": cfg.model.T, "n": cfg.model.n, "n_sup": cfg.model.n_sup,
+            "hidden": cfg.model.hidden, "ms_per_train_step": 1000 * train_s,
+            "train_samples_x_steps_per_s": cfg.batch / train_s, "compile_s": first if compile_ else None,
             "infer_puzzles_per_s": cfg.batch / infer_s, "infer_timed_sup_steps": infer_k,
-            "peak_mem_mb": _peak_mb(device),
+            "peak_mem_mb": _peak_mb(device), "device": str(device), "timed_steps": steps}
+
+
+def bench_denoiser(profile: str, params_path: str, steps: int, warmup: int, device,
+                   compile_: bool = False) -> dict:
+    """The denoiser's training step at the profile's trajectory shape (K = N_sup rows of the
+    teacher's y, its cells and width): one no-grad call (the self-conditioning / error-correcting
+    estimate), the trained call with it, backward and AdamW, as `train_distill` runs them."""
+    from ..device import maybe_compile
+    from ..models.denoiser import Denoiser, row_lag_of
+
+    p = _profile_params(profile, params_path)
+    cfg, tcfg = p.distill, p.teacher.model
+    shape = _shape_of(profile, p)
+    k, c = (1 if cfg.final_only else tcfg.n_sup), tcfg.hidden
+    model = Denoiser(cfg.denoiser, k, shape.cells, c, shape.vocab, row_lag=row_lag_of(cfg)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = maybe_compile(model, compile_)
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(cfg.batch, k, shape.cells, c, generator=g).to(device)
+    x0 = torch.randn(cfg.batch, k, shape.cells, c, generator=g).to(device)
+    t = torch.randint(1, cfg.T + 1, (cfg.batch,), generator=g).to(device)
+    puzzle = torch.randint(0, shape.vocab, (cfg.batch, shape.cells), generator=g).to(device)
+
+    def train_step():
+        with torch.no_grad():
+            prev = net(x_t, t, puzzle)
+        loss = (net(x_t, t, puzzle, prev) - x0).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    first, train_s = _timed(train_step, steps, warmup, _syncer(device))
+    return {"what": "denoiser step", "profile": profile, "compiled": compile_,
+            "params": sum(q.numel() for q in model.parameters()), "batch": cfg.batch, "rows": k,
+            "hidden": cfg.denoiser.hidden, "ms_per_train_step": 1000 * train_s,
+            "train_samples_x_steps_per_s": cfg.batch / train_s, "compile_s": first if compile_ else None,
             "device": str(device), "timed_steps": steps}
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    """Compiled over eager throughput for every (what, profile) measured both ways."""
+    eager = {(r["what"], r["profile"]): r for r in rows if not r.get("compiled")}
+    out = []
+    for r in rows:
+        e = eager.get((r["what"], r["profile"]))
+        if r.get("compiled") and e:
+            out.append({"what": r["what"], "profile": r["profile"],
+                        "speedup": r["train_samples_x_steps_per_s"] / e["train_samples_x_steps_per_s"],
+                        "compile_s": r["compile_s"]})
+    return out
 
 
 def _solve_rows(rows):
@@ -258,19 +330,28 @@ def run(what: str, **kw) -> int:
     if what == "trm":
         device = resolve_device(kw["device"])
         rows = []
+        modes = [False, True] if kw.get("compile") else [False]
         for prof in kw["profiles"].split(","):
-            steps = kw["paper_steps"] if prof == "paper" else kw["steps"]
-            batch = kw.get("paper_batch") if prof == "paper" else None
             paper = prof == "paper"
-            rows.append(bench_trm(prof, kw["params"], steps, 1 if paper else 3, device, batch,
-                                  infer_sup_steps=1 if paper else None))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            steps = kw["paper_steps"] if paper else kw["steps"]
+            batch = kw.get("paper_batch") if paper else None
+            for comp in modes:  # eager then compiled, each from a fresh model
+                rows.append(bench_trm(prof, kw["params"], steps, 1 if paper else 3, device, batch,
+                                      infer_sup_steps=1 if paper else None, compile_=comp))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            if kw.get("denoiser") and not paper:
+                for comp in modes:
+                    rows.append(bench_denoiser(prof, kw["params"], steps, 3, device, compile_=comp))
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     elif what == "tdrm":
         rows = bench_tdrm(kw["checkpoint"], kw["data"], kw["split"], kw["steps"], kw["limit"],
                           resolve_device(kw["device"]), kw["batch_size"])
     else:
         rows = [bench_solver(kw["file"], kw["limit"], kw.get("workers", 1))]
     _print(rows)
+    if what == "trm" and speedups(rows):
+        print("\ncompiled vs eager (training samples x steps per second):")
+        _print(speedups(rows))
     if kw.get("out"):
         Path(kw["out"]).write_text(json.dumps({"machine": _machine(), "commit": _commit(), "rows": rows}, indent=2))
     return 0 if what != "solver" or rows[0]["wrong_or_not_unique"] == 0 else 1

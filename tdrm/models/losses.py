@@ -24,13 +24,14 @@ def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_i
     return torch.where(mask, nll, 0.0)
 
 
-def trm_loss(logits: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, q_weight: float = 0.5,
-             ignore_index: int = -100) -> tuple[torch.Tensor, dict]:
-    """Stablemax CE (mean over each puzzle's cells, mean over the batch) + q_weight * BCE(q, solved).
+TRM_STATS = ("lm_loss", "q_loss", "cell_acc", "exact_acc")
 
-    Returns the scalar loss, detached stats (lm loss, q loss, cell and exact accuracy) and the
-    per-puzzle solved mask (B,).
-    """
+
+def trm_loss_terms(logits: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, q_weight: float = 0.5,
+                   ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stablemax CE (mean over each puzzle's cells, mean over the batch) + q_weight * BCE(q, solved),
+    with no host synchronisation (compilable). Returns the scalar loss, the detached stats
+    (TRM_STATS order, float64 (4,)) and the per-puzzle solved mask (B,)."""
     mask = labels != ignore_index
     per_tok = stablemax_cross_entropy(logits, labels, ignore_index)  # (B, C)
     counts = mask.sum(-1).clamp_min(1)
@@ -41,7 +42,14 @@ def trm_loss(logits: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, q_weig
         solved = right.all(-1)
     q_loss = F.binary_cross_entropy_with_logits(q, solved.to(q.dtype))
     loss = lm.float() + q_weight * q_loss
-    stats = {"lm_loss": lm.item(), "q_loss": q_loss.item(),
-             "cell_acc": ((pred == labels) & mask).sum().item() / max(mask.sum().item(), 1),
-             "exact_acc": solved.float().mean().item()}
+    with torch.no_grad():
+        cell = ((pred == labels) & mask).sum().double() / mask.sum().clamp_min(1).double()
+        stats = torch.stack([lm.detach().double(), q_loss.detach().double(), cell, solved.double().mean()])
     return loss, stats, solved
+
+
+def trm_loss(logits: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, q_weight: float = 0.5,
+             ignore_index: int = -100) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """`trm_loss_terms` with the stats as a dict of floats."""
+    loss, stats, solved = trm_loss_terms(logits, q, labels, q_weight, ignore_index)
+    return loss, dict(zip(TRM_STATS, stats.tolist())), solved

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..config import Params
 from ..data.board import to_tokens
-from ..device import resolve_device
+from ..device import maybe_compile, resolve_device
 from ..diffusion.losses import distillation_loss
 from ..diffusion.samplers import row_step
 from ..diffusion.sampling import generate
@@ -157,6 +157,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             return warmup_cosine(i, cfg.lr, cfg.warmup, cfg.steps)
         return warmup_constant(i, cfg.lr, cfg.warmup)
 
+    net = maybe_compile(model, params.common.compile)  # the training calls; weights shared with model
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress, mininterval=2)
     it, window = None, []
@@ -188,13 +189,13 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             # moved to t by the deterministic reverse step, is what it must denoise (and its self-cond input)
             with torch.no_grad():
                 x_hi = q_sample(x0, t_hi, schedule, eps)
-                x0_hi = model(x_hi, t_hi, puzzle)
+                x0_hi = net(x_hi, t_hi, puzzle)
                 x_t = self_correct_input(schedule, x_hi, x0_hi, t_hi, t)
                 prev = x0_hi if cfg.denoiser.self_cond else None
         elif cfg.denoiser.self_cond and torch.rand((), generator=gen).item() < cfg.self_cond_prob:
             with torch.no_grad():
-                prev = model(x_t, t, puzzle)
-        x0_hat = model(x_t, t, puzzle, prev)
+                prev = net(x_t, t, puzzle)
+        x0_hat = net(x_t, t, puzzle, prev)
         if cfg.ce_rows == "all":  # every row against the teacher's argmax at that step, the last against target
             targets = torch.as_tensor(batch["logits"][:, -x0.shape[1]:].argmax(-1), device=device).long()
             targets[:, -1] = target

@@ -21,9 +21,9 @@ from ..config import Params
 from ..data.board import to_tokens
 from ..data.dataset import load_meta, load_split
 from ..data.stream import PuzzleStream
-from ..device import resolve_device
+from ..device import maybe_compile, resolve_device
 from ..eval.teacher import evaluate
-from ..models.losses import trm_loss
+from ..models.losses import TRM_STATS, trm_loss_terms
 from ..models.trm import TRM, count_params
 from ..tracking.base import Tracker
 from .. import checkpoint
@@ -75,6 +75,16 @@ def halting(q: torch.Tensor, steps: torch.Tensor, n_sup: int, explore: float,
     return (steps >= n_sup) | ((q > 0) & (steps >= min_steps))
 
 
+def train_forward(model: TRM, y: torch.Tensor, z: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor,
+                  q_weight: float):
+    """One supervision step's forward and loss (what `common.compile` compiles): the new (y, z),
+    the halting logit q (B,), the loss and its stats (TRM_STATS order)."""
+    x = model.input_embedding(tokens)  # (B, L, D)
+    y, z, logits, q = model.step(y, z, x)
+    loss, terms, _ = trm_loss_terms(logits, q, labels, q_weight)
+    return y, z, q, loss, terms
+
+
 def _mean(values: list[float]) -> float:
     values = [v for v in values if v == v]  # drop NaN (no slot halted in that step)
     return float(np.mean(values)) if values else float("nan")
@@ -123,6 +133,7 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
             payload.update(optimizer=opt.state_dict())
         checkpoint.save(path, payload)
 
+    forward = maybe_compile(train_forward, params.common.compile)
     model.train()
     t_start = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.steps, initial=step, desc="teacher", disable=not progress, mininterval=2)
@@ -133,9 +144,8 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
         lr = warmup_constant(step, cfg.lr, cfg.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        x = model.input_embedding(carry.tokens)  # (B, L, D)
-        y, z, logits, q = model.step(carry.y, carry.z, x)
-        loss, stats, _ = trm_loss(logits, q, carry.labels, cfg.q_loss_weight)
+        y, z, q, loss, terms = forward(model, carry.y, carry.z, carry.tokens, carry.labels, cfg.q_loss_weight)
+        stats = dict(zip(TRM_STATS, terms.tolist()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
