@@ -92,14 +92,15 @@ def test_repro_push_pull_roundtrip(tmp_path, s3, monkeypatch):
     ckpt = (proj / "models" / "teacher.pt").read_bytes()
     tdrm_ckpt = (proj / "models" / "tdrm.pt").read_bytes()
     rl_ckpt = (proj / "models" / "tdrm_rl.pt").read_bytes()
-    compared = json.loads((proj / "metrics" / "tdrm.json").read_text())
+    compared = json.loads((proj / "metrics" / "details" / "tdrm.json").read_text())
     teacher_metrics = json.loads((proj / "metrics" / "teacher.json").read_text())
-    assert compared["n"] == 100 and compared["teacher"]["exact_accuracy"] == teacher_metrics["exact_accuracy"]
+    assert compared["n"] == 100 and compared["teacher"]["exact_accuracy"] == teacher_metrics["exact"]
     assert compared["difference_points"] == pytest.approx(
-        100 * (compared["tdrm"]["exact_accuracy"] - teacher_metrics["exact_accuracy"]))
+        100 * (compared["tdrm"]["exact_accuracy"] - teacher_metrics["exact"]))
     manifest = (proj / "traces" / "manifest.json").read_bytes()
     out = _dvc(proj, "metrics", "show")
-    assert "exact_accuracy" in out
+    assert "teacher_exact" in out and "ci_low" in out
+    assert max(len(line) for line in out.splitlines()) < 400  # headline columns only, not every detail
     _dvc(proj, "push")
     shutil.rmtree(proj / ".dvc" / "cache")
     shutil.rmtree(proj / "models")
@@ -140,11 +141,10 @@ def test_exp_run_with_set_params_and_exp_show(tmp_path):
     assert params["teacher"]["lr"] == 0.002 and params["rl"]["group_size"] == 2
     metrics = data["metrics"]["metrics/teacher.json"]["data"]
     # the experiment's own teacher metrics: an accuracy over its 100 test puzzles is k / 100
-    assert metrics["n"] == 100 and abs(100 * metrics["exact_accuracy"] - round(100 * metrics["exact_accuracy"])) < 1e-9
+    assert metrics["n"] == 100 and abs(100 * metrics["exact"] - round(100 * metrics["exact"])) < 1e-9
     rl = data["metrics"]["metrics/rl.json"]["data"]
-    pair = rl["paired_after_vs_before"]
-    assert rl["group_size"] == 2 and rl["n"] == 100
-    assert pair["only_first"] - pair["only_second"] == round(100 * (rl["exact_accuracy_after"] - rl["exact_accuracy_before"]))
+    assert rl["n"] == 100 and rl["diff_points"] == pytest.approx(100 * (rl["exact"] - rl["before_exact"]))
+    assert 0 < rl["p_value"] <= 1
     # DVC -> Sacred: the metrics name their run; Sacred -> DVC: the run knows its experiment and baseline
     from tdrm.tracking.store import FileRuns
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()

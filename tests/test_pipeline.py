@@ -20,7 +20,8 @@ def _run_pipeline(params, out: Path):
                   str(out / "train.csv"), resume_dir=str(out / "ck"))
     evaluate_stage(str(params), str(out / "data"), str(out / "teacher.pt"), str(out / "m_eval.json"),
                    str(out / "steps.csv"))
-    return [json.loads((out / f).read_text()) for f in ("m_data.json", "m_train.json", "m_eval.json")]
+    return [json.loads((out / f).read_text()) for f in ("m_data.json", "m_train.json", "m_eval.json",
+                                                        "details/m_eval.json")]
 
 
 def test_pipeline_twice_same_seed_same_metrics_and_sacred_records(tiny_params_file, tmp_path):
@@ -28,7 +29,10 @@ def test_pipeline_twice_same_seed_same_metrics_and_sacred_records(tiny_params_fi
     b = _run_pipeline(tiny_params_file, tmp_path / "b")
     for x, y in zip(a, b):
         assert {k: v for k, v in x.items() if k not in VOLATILE} == {k: v for k, v in y.items() if k not in VOLATILE}
-    ev = a[2]
+    head, ev = a[2], a[3]
+    assert head == {"n": 100, "exact": ev["exact_accuracy"], "ci_low": ev["ci95"][0], "ci_high": ev["ci95"][1],
+                    "cell": ev["cell_accuracy"], "seconds": ev["seconds"], "train_minutes": ev["train_minutes"],
+                    "sacred_run_id": ev["sacred_run_id"]}
     assert {"exact_accuracy", "cell_accuracy", "n", "ci95", "seconds", "per_step_exact_accuracy",
             "by_rating", "sacred_run_id"} <= set(ev)
     assert len(ev["per_step_exact_accuracy"]) == 3 and ev["n"] == 100
@@ -37,7 +41,7 @@ def test_pipeline_twice_same_seed_same_metrics_and_sacred_records(tiny_params_fi
     run_dir = runs / str(ev["sacred_run_id"])
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "COMPLETED" and run["experiment"]["name"] == "tdrm.evaluate"
-    assert "m_eval.json" in run["artifacts"]
+    assert "m_eval.json" in run["artifacts"] and len(run["artifacts"]) == 2  # headline and details
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["seed"] == 0 and cfg["profile"] == "tiny"
     train_run = runs / str(a[1]["sacred_run_id"])
@@ -78,3 +82,11 @@ def test_runs_dir_resolves_to_repo_under_dvc_temp_exps(tmp_path, monkeypatch):
     monkeypatch.delenv("TDRM_RUNS_DIR")
     monkeypatch.chdir(tmp)
     assert runs_dir() == tmp_path / "repo" / "runs"
+
+
+def test_headline_picks_dotted_paths_and_skips_absent_ones():
+    from tdrm.pipeline.common import headline
+    m = {"n": 10, "tdrm": {"exact_accuracy": 0.5, "ci95": [0.2, 0.8]}, "rows": [{"a": 1}]}
+    spec = {"n": "n", "exact": "tdrm.exact_accuracy", "ci_low": "tdrm.ci95.0", "ci_high": "tdrm.ci95.1",
+            "control": "control.exact_accuracy", "bad_index": "tdrm.ci95.5"}
+    assert headline(m, spec) == {"n": 10, "exact": 0.5, "ci_low": 0.2, "ci_high": 0.8}

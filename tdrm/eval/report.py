@@ -92,6 +92,8 @@ def _png_bytes(draw) -> bytes:
 def metrics_section(metrics_dir: Path) -> str:
     parts = []
     for p in sorted(metrics_dir.glob("*.json")):
+        detail = metrics_dir / "details" / p.name  # everything the stage measured, when it split it off
+        p = detail if detail.is_file() else p
         try:
             flat = flatten(json.loads(p.read_text()))
         except json.JSONDecodeError:

@@ -1,4 +1,9 @@
-"""What every stage shares: the tracked run, JSON / CSV writers, the metrics file."""
+"""What every stage shares: the tracked run, JSON / CSV writers, the metrics files.
+
+A stage's DVC metrics file holds its headline numbers under short keys shared across stages
+(`exact`, `ci_low`, `ci_high`, `n`, `p_value`, ...), so `dvc metrics show`, `dvc metrics diff`
+and `dvc exp show` read as tables; everything it measured goes to metrics/details/<name>.json
+(a plain output, read by the report)."""
 from __future__ import annotations
 
 import csv
@@ -27,8 +32,39 @@ def _write_csv(path: str | Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _finish(tracker, metrics_path: str, metrics: dict) -> dict:
-    """Write the stage's DVC metrics file and attach it to the Sacred run."""
-    _write_json(metrics_path, metrics)
+def details_path(metrics_path: str | Path) -> Path:
+    """metrics/NAME.json -> metrics/details/NAME.json."""
+    metrics_path = Path(metrics_path)
+    return metrics_path.parent / "details" / metrics_path.name
+
+
+def headline(metrics: dict, spec: dict[str, str]) -> dict:
+    """The headline numbers: key -> the value at a dotted path of `metrics` (integers index
+    lists: "tdrm.ci95.0"); a path that is absent (an optional comparison not run) is left out."""
+    out = {}
+    for key, path in spec.items():
+        v = metrics
+        for part in path.split("."):
+            if isinstance(v, list) and part.isdigit() and int(part) < len(v):
+                v = v[int(part)]
+            elif isinstance(v, dict) and part in v:
+                v = v[part]
+            else:
+                v = None
+                break
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def _finish(tracker, metrics_path: str, metrics: dict, spec: dict[str, str] | None = None) -> dict:
+    """Write the stage's DVC metrics file (only the `spec` headline when given, everything in the
+    details file beside it) and attach both to the Sacred run. Returns the full metrics."""
+    if spec is not None:
+        _write_json(details_path(metrics_path), metrics)
+        tracker.add_artifact(str(details_path(metrics_path)))
+        _write_json(metrics_path, headline(metrics, spec))
+    else:
+        _write_json(metrics_path, metrics)
     tracker.add_artifact(metrics_path)
     return metrics

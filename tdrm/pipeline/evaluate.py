@@ -11,11 +11,22 @@ from ..device import resolve_device, set_threads
 from ..eval.teacher import evaluate
 from .common import _finish, _tracked, _write_csv
 
+TEACHER_HEADLINE = {"n": "n", "exact": "exact_accuracy", "ci_low": "ci95.0", "ci_high": "ci95.1",
+                    "cell": "cell_accuracy", "seconds": "seconds", "train_minutes": "train_minutes",
+                    "sacred_run_id": "sacred_run_id"}
+TDRM_HEADLINE = {"n": "n", "exact": "tdrm.exact_accuracy", "ci_low": "tdrm.ci95.0", "ci_high": "tdrm.ci95.1",
+                 "teacher_exact": "teacher.exact_accuracy", "diff_points": "difference_points",
+                 "p_value": "paired_tdrm_vs_teacher.p_value", "flops_ratio": "flops_ratio_tdrm_to_teacher",
+                 "control_exact": "control_final_state_only.exact_accuracy",
+                 "p_vs_control": "control_final_state_only.paired_tdrm_vs_control.p_value",
+                 "best_of_n_exact": "best_of_n.exact_accuracy", "seconds": "tdrm.seconds",
+                 "sacred_run_id": "sacred_run_id"}
+
 def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_path: str,
                    plot_path: str, tdrm_path: str | None = None, control_path: str | None = None,
                    tdrm_metrics_path: str | None = None, plots_dir: str = "plots") -> dict:
     """The teacher on the test split; with `tdrm_path`, also TDRM against it on the same puzzles
-    (metrics/tdrm.json, accuracy-against-steps and per-step CSV + PNG in `plots_dir`). The HTML
+    (metrics/tdrm.json and metrics/details/tdrm.json, accuracy-against-steps and per-step CSV + PNG in `plots_dir`). The HTML
     report is the `report` stage's (tdrm/pipeline/report.py)."""
     p = config.load(params_path)
     set_threads(p.common.threads)
@@ -35,7 +46,7 @@ def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_pat
         metrics = {"profile": p.profile, "weights": "ema", "split": "test", **res,
                    "train_steps": ck["step"], "train_minutes": ck["elapsed"] / 60,
                    "sacred_run_id": tracker.run_id}
-        _finish(tracker, metrics_path, metrics)
+        _finish(tracker, metrics_path, metrics, TEACHER_HEADLINE)
         if tdrm_path:
             _compare_tdrm(p, model, test, tdrm_path, control_path, tdrm_metrics_path, plots_dir, tracker, device)
         return metrics
@@ -59,4 +70,4 @@ def _compare_tdrm(p, teacher, test, tdrm_path, control_path, metrics_path, plots
     for r in steps_rows:
         tracker.log_scalar("test.tdrm_exact_by_sampling_steps", r["exact_accuracy"], r["sampling_steps"])
     metrics = {"profile": p.profile, "split": "test", **metrics, "sacred_run_id": tracker.run_id}
-    return _finish(tracker, metrics_path, metrics)
+    return _finish(tracker, metrics_path, metrics, TDRM_HEADLINE)

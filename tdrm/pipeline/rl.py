@@ -8,10 +8,15 @@ from .. import config
 from ..device import resolve_device, set_threads
 from .common import _finish, _tracked, _write_csv
 
+RL_HEADLINE = {"n": "n", "exact": "after.exact_accuracy", "ci_low": "after.ci95.0", "ci_high": "after.ci95.1",
+               "before_exact": "before.exact_accuracy", "diff_points": "difference_points",
+               "p_value": "paired_after_vs_before.p_value", "steps": "sampling_steps",
+               "train_minutes": "train_minutes", "sacred_run_id": "sacred_run_id"}
+
 def rl_stage(params_path: str, data_dir: str, tdrm_path: str, model_out: str, metrics_path: str,
              plots_dir: str = "plots", resume_dir: str = "checkpoints") -> dict:
     """GRPO on the distilled TDRM (`rl` params), then the test split before and after RL:
-    metrics/rl.json, plots/rl_train.csv (reward curve), plots/rl_steps.{csv,png}."""
+    metrics/rl.json (+ metrics/details/rl.json), plots/rl_train.csv (reward curve), plots/rl_steps.{csv,png}."""
     from ..eval.plots import rl_png
     from ..rl.train import before_after, train_rl
 
@@ -37,7 +42,7 @@ def rl_stage(params_path: str, data_dir: str, tdrm_path: str, model_out: str, me
                    "final_reward_mean": last.get("reward_mean"), "final_solve_rate": last.get("solve_rate"),
                    "exact_accuracy_before": ev["before"]["exact_accuracy"],
                    "exact_accuracy_after": ev["after"]["exact_accuracy"], **ev, "sacred_run_id": tracker.run_id}
-        return _finish(tracker, metrics_path, metrics)
+        return _finish(tracker, metrics_path, metrics, RL_HEADLINE)
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "rl": asdict(p.rl)}
     return _tracked("rl", cfg, p.common.seed, run)

@@ -61,9 +61,17 @@ def test_stages_distill_control_and_evaluate_compare(tiny_params_file, tmp_path)
     plots = tmp_path / "plots"
     evaluate_stage(s, d, str(tmp_path / "t.pt"), str(tmp_path / "me.json"), str(tmp_path / "e.csv"),
                    str(tmp_path / "tdrm.pt"), str(tmp_path / "k1.pt"), str(tmp_path / "mtdrm.json"), str(plots))
-    r = json.loads((tmp_path / "mtdrm.json").read_text())
-    teacher = json.loads((tmp_path / "me.json").read_text())
+    from tdrm.pipeline.common import details_path
+    r = json.loads(details_path(tmp_path / "mtdrm.json").read_text())
+    teacher = json.loads(details_path(tmp_path / "me.json").read_text())
     assert r["n"] == 100 and r["teacher"]["exact_accuracy"] == teacher["exact_accuracy"]
+    # the DVC metrics files hold the headline only, under the shared short keys
+    head, t_head = (json.loads((tmp_path / f).read_text()) for f in ("mtdrm.json", "me.json"))
+    assert (head["exact"], head["ci_low"], head["ci_high"]) == (r["tdrm"]["exact_accuracy"], *r["tdrm"]["ci95"])
+    assert head["teacher_exact"] == t_head["exact"] == teacher["exact_accuracy"]
+    assert head["p_value"] == r["paired_tdrm_vs_teacher"]["p_value"]
+    assert head["control_exact"] == r["control_final_state_only"]["exact_accuracy"]
+    assert all(not isinstance(v, (dict, list)) for v in [*head.values(), *t_head.values()])
     assert r["difference_points"] == pytest.approx(100 * (r["tdrm"]["exact_accuracy"] - teacher["exact_accuracy"]))
     pair = r["paired_tdrm_vs_teacher"]
     # the paired counts are the accuracy difference on the same 100 puzzles, and the p-value is the exact test's
