@@ -31,3 +31,25 @@ def test_stage_scripts_are_thin():
         lines = [l for l in path.read_text().splitlines() if l.strip()]
         assert len(lines) <= 15, path
         assert not any(ch.isdigit() for l in lines if "argv" not in l for ch in l.split("#")[0]), path
+
+
+def test_each_stage_depends_on_its_sections_in_every_profile_only():
+    """A stage's DVC params are its sections, plus those sections' entries in every profile; never
+    the whole `profiles` block (an edit to one profile's distill entry must not re-run the teacher)."""
+    import yaml
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    sections = [k for k in params if k not in ("profile", "profiles")]
+    for name, prof in params["profiles"].items():
+        assert sorted(prof) == sorted(sections), f"profile {name} must name every section ({{}} when unchanged)"
+    for stage, spec in stages.items():
+        keys = spec.get("params", [])
+        assert "profiles" not in keys, stage
+        if not keys:
+            continue
+        own = [k for k in keys if k in sections]
+        assert "profile" in keys and "common" in own, stage
+        expected = {f"profiles.{p}.{s}" for p in params["profiles"] for s in own}
+        if stage == "rl":  # the RL stage's evaluation uses evaluate.batch_size
+            expected |= {f"profiles.{p}.evaluate" for p in params["profiles"]}
+        assert {k for k in keys if k.startswith("profiles.")} == expected, stage
