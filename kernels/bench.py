@@ -1,12 +1,12 @@
 """Kernel benchmark: `python -m kernels.bench [--out bench.json]`.
 
-For every op, for one whole TRM supervision step at the paper config (hidden 512, batch 768, T=3,
-n=6, MLP-t over 81 cells + 16 prefix) and for one denoiser forward/backward, times three paths:
-eager PyTorch (the plain-torch references), `torch.compile` of the same references, and the
-Triton kernels (eager, through kernels/dispatch.py); for attention also PyTorch SDPA forced to
-its flash backend; for the whole-model rows also `torch.compile` over the Triton path (the ops
-are custom ops, so inductor fuses what lies between them: column comp+tri). Prints ms, achieved GB/s and TFLOP/s of the Triton path and its speedups, and
-writes all of it as JSON with `--out`.
+For every op at the paper config's shapes (hidden 512, batch 768, MLP-t over 81 cells + 16
+prefix), times three paths: eager PyTorch (the plain-torch references), `torch.compile` of the
+same references, and the Triton kernels (eager, through kernels/dispatch.py); for attention also
+PyTorch SDPA forced to its flash backend. Prints ms, achieved GB/s and TFLOP/s of the Triton path
+and its speedups, and writes all of it as JSON with `--out`. The whole-model rows (a TRM
+supervision step, a denoiser forward/backward) use the library's models, so they live in
+`python -m tdrm.bench kernels` (kernels/ does not import tdrm).
 
 Needs CUDA. Without it, it says so and exits 0, unless `--device cpu --small` asks for a smoke run
 at tiny shapes (the Triton path then runs in the interpreter, so its times mean nothing).
@@ -119,7 +119,6 @@ def _ops(bench: Bench, small: bool):
     from kernels.attention import attention, attention_reference
     from kernels.mlp_t import mlp_t, mlp_t_reference
     from kernels.swiglu import swiglu, swiglu_reference
-    from tdrm.models.layers import swiglu_width
 
     dev, dt = bench.device, bench.dtype
     g = torch.Generator(device=dev).manual_seed(0)
@@ -127,7 +126,7 @@ def _ops(bench: Bench, small: bool):
     cmp = (lambda f: torch.compile(f)) if bench.compile else (lambda f: f)
     es = torch.finfo(dt).bits // 8
     b, length, d = (4, 97, 64) if small else (768, 97, 512)
-    inter = swiglu_width(length, 4.0, 16 if small else 256)
+    inter = -(-round(4.0 * length * 2 / 3) // (16 if small else 256)) * (16 if small else 256)  # TRM's MLP-t width
     shape = f"{b}x{length}x{d}"
 
     x, r = rn(b, length, d, grad=True), rn(b, length, d, grad=True)
@@ -195,69 +194,27 @@ def _ops(bench: Bench, small: bool):
               {k_: (_grad_fn(f, [hh, aa, mod]), m) for k_, (f, m) in paths.items()}, 11 * hh.numel() * es)
 
 
-def _models(bench: Bench, small: bool):
-    from tdrm.config import Denoiser as DenoiserConfig
-    from tdrm.config import Model
-    from tdrm.models.denoiser import Denoiser
-    from tdrm.models.losses import stablemax_cross_entropy
-    from tdrm.models.trm import TRM
-
-    dev, dt = bench.device, bench.dtype
-    cfg = (Model(hidden=64, heads=2, T=2, n=2, n_sup=2, prefix=2, multiple_of=16) if small else
-           Model(hidden=512, heads=8, multiple_of=256, T=3, n=6, n_sup=16, prefix=16))
-    batch, cells, vocab = (4, 36, 8) if small else (768, 81, 11)
-    trm = TRM(cfg, cells, vocab).to(dev, dt)
-    g = torch.Generator(device=dev).manual_seed(0)
-    tokens = torch.randint(0, vocab, (batch, cells), device=dev, generator=g)
-    labels = torch.randint(1, vocab, (batch, cells), device=dev, generator=g)
-
-    def trm_step():
-        x = trm.input_embedding(tokens)
-        y, z = trm.initial_state(batch)
-        y, z, logits, q = trm.step(y, z, x)
-        loss = stablemax_cross_entropy(logits, labels).mean() + 0.5 * F.binary_cross_entropy_with_logits(
-            q.float(), torch.zeros_like(q, dtype=torch.float32))
-        loss.backward()
-        return loss
-
-    # per step: T cycles of n+1 applications of f (2 blocks), the last cycle also backward (2x)
-    d, length = cfg.hidden, cfg.prefix + cells
-    inter = trm.blocks[0].mlp.gate.weight.shape[0]
-    block = 2 * batch * length * (3 * d * inter) + 2 * batch * d * 3 * length * trm.blocks[0].mix.gate.weight.shape[0]
-    applies = cfg.T * (cfg.n + 1)
-    flops = cfg.layers * block * (applies + 2 * (cfg.n + 1))
-    # separate wrappers (own code objects): dynamo's cache must not hand one path the other's graph
-    cstep = torch.compile(lambda: trm_step()) if bench.compile else trm_step
-    ctstep = torch.compile(lambda: trm_step()) if bench.compile else trm_step
-    bench.row("TRM supervision step", f"B{batch} D{d} T{cfg.T} n{cfg.n}", {
-        "eager": (trm_step, "torch"), "compile": (cstep, "torch"), "triton": (trm_step, "triton"),
-        "compile_triton": (ctstep, "triton")}, 0, flops)
-    with torch.no_grad():
-        x = trm.input_embedding(tokens)
-        y0, z0 = trm.initial_state(batch)
-        fwd = lambda: trm.cycle(y0, z0, x)  # noqa: E731
-        cfwd = torch.compile(fwd) if bench.compile else fwd
-        bench.row("TRM no-grad cycle", f"B{batch} D{d} n{cfg.n}", {
-            "eager": (fwd, "torch"), "compile": (cfwd, "torch"), "triton": (fwd, "triton")}, 0,
-            cfg.layers * block * (cfg.n + 1))
-    del trm
-
-    dcfg = (DenoiserConfig(hidden=32, layers=2, heads=2, attention="full", cell_mixer="attention") if small else
-            DenoiserConfig(hidden=512, layers=8, heads=8, attention="full", cell_mixer="attention"))
-    k, cells_d = (3, 37) if small else (12, 97)
-    den = Denoiser(dcfg, steps=k, cells=cells_d, channels=64, vocab=vocab, prefix=1).to(dev, dt)
-    db = 2 if small else 16
-    xt = torch.randn(db, k, cells_d, 64, device=dev, dtype=dt, generator=g)
-    t = torch.randint(0, 1000, (db,), device=dev, generator=g)
-    pz = torch.randint(0, vocab, (db, cells_d - 1), device=dev, generator=g)
-
-    def den_step():
-        den(xt, t, pz).float().square().mean().backward()
-    cden = torch.compile(lambda: den_step()) if bench.compile else den_step
-    ctden = torch.compile(lambda: den_step()) if bench.compile else den_step
-    bench.row("denoiser fwd+bwd", f"B{db} K{k + 1}xL{cells_d} D{dcfg.hidden}", {
-        "eager": (den_step, "torch"), "compile": (cden, "torch"), "triton": (den_step, "triton"),
-        "compile_triton": (ctden, "triton")})
+def setup(device: str, dtype: str, small: bool, reps: int, compile_: bool, out: str | None) -> Bench | None:
+    """The Bench for a run, with its header printed; None (after saying why) when the device
+    cannot run it: no CUDA, or a CPU run that is not --small."""
+    if device == "cuda" and not torch.cuda.is_available():
+        print("kernels.bench: no CUDA device here; the Triton kernels are measured on a GPU "
+              "(kernels/gpu_check.sh). Nothing to do.")
+        return None
+    if device == "cpu" and not small:
+        raise ValueError("on CPU only --small runs (the Triton path is the interpreter)")
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    dev = torch.device(device)
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU (interpreter)"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    bench = Bench(dev, dt, reps, compile_, out, {"device": name, "dtype": dtype, "torch": torch.__version__,
+                                                "commit": commit})
+    print(f"kernels.bench on {name}, {dtype}, torch {torch.__version__}, commit {commit}")
+    print("ms per call (median); GB/s and TFLOP/s of the Triton path; speedups = other path's ms / Triton's")
+    print(HEADER)
+    return bench
 
 
 def main(argv=None) -> int:
@@ -268,30 +225,15 @@ def main(argv=None) -> int:
     ap.add_argument("--small", action="store_true", help="tiny shapes (a smoke run; times mean nothing)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--only", choices=["ops", "models"], help="one half of the table")
     a = ap.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        print("kernels.bench: no CUDA device here; the Triton kernels are measured on a GPU "
-              "(kernels/gpu_check.sh). Nothing to do.")
-        return 0
-    if a.device == "cpu" and not a.small:
-        print("kernels.bench: on CPU only --small runs (the Triton path is the interpreter)", file=sys.stderr)
+    try:
+        bench = setup(a.device, a.dtype, a.small, a.reps, not a.no_compile, a.out)
+    except ValueError as e:
+        print(f"kernels.bench: {e}", file=sys.stderr)
         return 2
-    if a.device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    device = torch.device(a.device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (interpreter)"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    bench = Bench(device, dtype, a.reps, not a.no_compile, a.out,
-                  {"device": name, "dtype": a.dtype, "torch": torch.__version__, "commit": commit})
-    print(f"kernels.bench on {name}, {a.dtype}, torch {torch.__version__}, commit {commit}")
-    print("ms per call (median); GB/s and TFLOP/s of the Triton path; speedups = other path's ms / Triton's")
-    print(HEADER)
-    if a.only in (None, "ops"):
-        _ops(bench, a.small)
-    if a.only in (None, "models"):
-        _models(bench, a.small)
+    if bench is None:
+        return 0
+    _ops(bench, a.small)
     bench.save()
     return 0
 

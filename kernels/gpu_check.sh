@@ -4,7 +4,8 @@
 # its full log and the benchmark table into the directory given as its argument (bench.json is
 # rewritten after every row, so a run cut by its time limit keeps what it measured):
 #   env.txt, tests.log (every kernel test on CUDA tensors, the GPU-only ones included),
-#   bench.txt + bench.json (python -m kernels.bench), summary.txt.
+#   bench.txt + bench.json (python -m kernels.bench, the per-op rows), bench_models.txt +
+#   bench_models.json (python -m tdrm.bench kernels, the whole-model rows), summary.txt.
 # usage: kernels/gpu_check.sh OUT_DIR
 set -uo pipefail
 out=${1:?usage: kernels/gpu_check.sh OUT_DIR}
@@ -28,11 +29,14 @@ export TDRM_KERNELS=triton  # auto stays on the torch path until this script has
 start=$(date +%s)
 timeout 150 $PY -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$out/tests.log"
 tests_rc=${PIPESTATUS[0]}
-timeout 300 $PY -m kernels.bench --out "$out/bench.json" 2>&1 | tee "$out/bench.txt"
+timeout 200 $PY -m kernels.bench --out "$out/bench.json" 2>&1 | tee "$out/bench.txt"
 bench_rc=${PIPESTATUS[0]}
+timeout 150 $PY -m tdrm.bench kernels --out "$out/bench_models.json" 2>&1 | tee "$out/bench_models.txt"
+models_rc=${PIPESTATUS[0]}
 {
   echo "tests: exit $tests_rc ($(tail -n 1 "$out/tests.log"))"
   echo "bench: exit $bench_rc"
+  echo "bench models: exit $models_rc"
   echo "wall: $(( $(date +%s) - start )) s"
 } | tee "$out/summary.txt"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$models_rc" -eq 0 ]

@@ -403,12 +403,21 @@ def bench_main(argv: list[str] | None = None) -> int:
     d.add_argument("--batch-size", type=int, default=256)
     d.add_argument("--device", default="auto")
     d.add_argument("--out")
+    k = sub.add_parser("kernels", help="whole-model rows of the kernel benchmark (GPU; the per-op rows are kernels.bench)")
+    k.add_argument("--device", default="cuda", help="cuda (default) or cpu with --small")
+    k.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    k.add_argument("--small", action="store_true", help="tiny shapes (a smoke run; times mean nothing)")
+    k.add_argument("--no-compile", action="store_true", help="skip the torch.compile paths")
+    k.add_argument("--reps", type=int, default=20)
+    k.add_argument("--out")
     s = sub.add_parser("solver", help="exact solver over a whole puzzle file")
     s.add_argument("--file", default="../shared/data/sudoku/forum_hardest_11plus.csv")
     s.add_argument("--limit", type=int)
     s.add_argument("--workers", type=int, default=1, help="processes (per-puzzle times are per process)")
     s.add_argument("--out")
     a = vars(ap.parse_args(argv))
+    if a["what"] == "kernels" and a["device"] == "cpu" and not a["small"]:
+        ap.error("--device cpu needs --small (the Triton path runs in the interpreter there)")
     return bench.run(a.pop("what"), **a)
 
 

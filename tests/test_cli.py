@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from tdrm.cli import main
 
@@ -152,3 +153,13 @@ def test_eval_reports_corrupted_checkpoints_and_malformed_puzzles(tiny_tdrm, tmp
     assert "s.csv" in _err(capsys)
     assert main(["solve", "1.3..4.....2.1.."[:-2]]) == 2
     assert "16, 36 or 81" in _err(capsys)
+
+
+def test_bench_kernels_needs_cuda_or_a_small_cpu_smoke_run(capsys):
+    from tdrm.cli import bench_main
+    with pytest.raises(SystemExit) as e:
+        bench_main(["kernels", "--device", "cpu"])
+    assert e.value.code == 2 and "--small" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert bench_main(["kernels"]) == 0
+        assert "no CUDA device" in capsys.readouterr().out

@@ -53,3 +53,9 @@ def test_each_stage_depends_on_its_sections_in_every_profile_only():
         if stage == "rl":  # the RL stage's evaluation uses evaluate.batch_size
             expected |= {f"profiles.{p}.evaluate" for p in params["profiles"]}
         assert {k for k in keys if k.startswith("profiles.")} == expected, stage
+
+
+def test_kernels_do_not_import_the_library():
+    """kernels/ is below tdrm/: the model-level benchmark rows live in tdrm/bench/kernels.py."""
+    bad = [f"{p.name}: {m}" for p in sorted((ROOT / "kernels").glob("*.py")) for m in _imports(p) if m == "tdrm"]
+    assert not bad, bad

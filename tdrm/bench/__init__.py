@@ -1,4 +1,4 @@
-"""Benchmarks that print tables: `python -m tdrm.bench trm`, `solver` and `tdrm`.
+"""Benchmarks that print tables: `python -m tdrm.bench trm`, `solver`, `tdrm` and `kernels`.
 
 trm: training throughput (samples x supervision steps per second), inference puzzles per second
 and peak memory, for the params profiles (default: the shipped default profile and the paper
@@ -9,6 +9,8 @@ accuracy with 95% CI at the checkpoint's own sampler, exact McNemar paired tests
 teacher and against the first checkpoint, decode accuracy per trajectory row, where the chain
 decides the board (accuracy by denoiser call, cells still changing, early errors fixed later) and
 inference FLOPs per puzzle.
+kernels: the whole-model rows of the kernel benchmark (tdrm/bench/kernels.py; GPU, or
+`--device cpu --small` as a smoke run).
 solver: the exact solver over a whole puzzle file: every puzzle must match its listed answer
 (and rating); prints median / mean / p90 / max ms per puzzle.
 """
@@ -343,6 +345,15 @@ def run(what: str, **kw) -> int:
                 for comp in modes:
                     rows.append(bench_denoiser(prof, kw["params"], steps, 3, device, compile_=comp))
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    elif what == "kernels":
+        from kernels.bench import setup
+
+        from .kernels import model_rows
+        bench = setup(kw["device"], kw["dtype"], kw["small"], kw["reps"], not kw["no_compile"], kw.get("out"))
+        if bench is not None:
+            model_rows(bench, kw["small"])
+            bench.save()
+        return 0
     elif what == "tdrm":
         rows = bench_tdrm(kw["checkpoint"], kw["data"], kw["split"], kw["steps"], kw["limit"],
                           resolve_device(kw["device"]), kw["batch_size"])
