@@ -99,8 +99,12 @@ def test_repro_push_pull_roundtrip(tmp_path, s3, monkeypatch):
         100 * (compared["tdrm"]["exact_accuracy"] - teacher_metrics["exact"]))
     manifest = (proj / "traces" / "manifest.json").read_bytes()
     out = _dvc(proj, "metrics", "show")
-    assert "teacher_exact" in out and "ci_low" in out
-    assert max(len(line) for line in out.splitlines()) < 400  # headline columns only, not every detail
+    assert "teacher_exact" in out and "ci_low" in out and "p_vs_control" in out
+    # headline columns only: none of the details (curves, paired counts, breakdowns, cost) is a metric
+    for detail in ("per_step", "accuracy_by_sampling_steps", "only_first", "by_rating", "cost.", "ci95"):
+        assert detail not in out, detail
+    one = _dvc(proj, "metrics", "show", "metrics/tdrm.json")  # one file: one short table
+    assert max(len(line) for line in one.splitlines()) < 250, one
     _dvc(proj, "push")
     shutil.rmtree(proj / ".dvc" / "cache")
     shutil.rmtree(proj / "models")

@@ -30,9 +30,10 @@ def test_pipeline_twice_same_seed_same_metrics_and_sacred_records(tiny_params_fi
     for x, y in zip(a, b):
         assert {k: v for k, v in x.items() if k not in VOLATILE} == {k: v for k, v in y.items() if k not in VOLATILE}
     head, ev = a[2], a[3]
-    assert head == {"n": 100, "exact": ev["exact_accuracy"], "ci_low": ev["ci95"][0], "ci_high": ev["ci95"][1],
-                    "cell": ev["cell_accuracy"], "seconds": ev["seconds"], "train_minutes": ev["train_minutes"],
-                    "sacred_run_id": ev["sacred_run_id"]}
+    r4 = lambda v: float(f"{v:.4g}")  # noqa: E731
+    assert head == {"n": 100, "exact": ev["exact_accuracy"], "ci_low": r4(ev["ci95"][0]), "ci_high": r4(ev["ci95"][1]),
+                    "cell": r4(ev["cell_accuracy"]), "seconds": r4(ev["seconds"]),
+                    "train_minutes": r4(ev["train_minutes"]), "sacred_run_id": ev["sacred_run_id"]}
     assert {"exact_accuracy", "cell_accuracy", "n", "ci95", "seconds", "per_step_exact_accuracy",
             "by_rating", "sacred_run_id"} <= set(ev)
     assert len(ev["per_step_exact_accuracy"]) == 3 and ev["n"] == 100
@@ -86,7 +87,7 @@ def test_runs_dir_resolves_to_repo_under_dvc_temp_exps(tmp_path, monkeypatch):
 
 def test_headline_picks_dotted_paths_and_skips_absent_ones():
     from tdrm.pipeline.common import headline
-    m = {"n": 10, "tdrm": {"exact_accuracy": 0.5, "ci95": [0.2, 0.8]}, "rows": [{"a": 1}]}
+    m = {"n": 10, "tdrm": {"exact_accuracy": 0.5, "ci95": [0.2345678, 0.8], "p": 3.80296905e-11}, "rows": [{"a": 1}]}
     spec = {"n": "n", "exact": "tdrm.exact_accuracy", "ci_low": "tdrm.ci95.0", "ci_high": "tdrm.ci95.1",
-            "control": "control.exact_accuracy", "bad_index": "tdrm.ci95.5"}
-    assert headline(m, spec) == {"n": 10, "exact": 0.5, "ci_low": 0.2, "ci_high": 0.8}
+            "p_value": "tdrm.p", "control": "control.exact_accuracy", "bad_index": "tdrm.ci95.5"}
+    assert headline(m, spec) == {"n": 10, "exact": 0.5, "ci_low": 0.2346, "ci_high": 0.8, "p_value": 3.803e-11}

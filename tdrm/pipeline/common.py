@@ -40,7 +40,8 @@ def details_path(metrics_path: str | Path) -> Path:
 
 def headline(metrics: dict, spec: dict[str, str]) -> dict:
     """The headline numbers: key -> the value at a dotted path of `metrics` (integers index
-    lists: "tdrm.ci95.0"); a path that is absent (an optional comparison not run) is left out."""
+    lists: "tdrm.ci95.0"), floats to 4 significant digits (the details file keeps them whole);
+    a path that is absent (an optional comparison not run) is left out."""
     out = {}
     for key, path in spec.items():
         v = metrics
@@ -52,6 +53,8 @@ def headline(metrics: dict, spec: dict[str, str]) -> dict:
             else:
                 v = None
                 break
+        if isinstance(v, float):
+            v = float(f"{v:.4g}")
         if v is not None:
             out[key] = v
     return out

@@ -67,9 +67,10 @@ def test_stages_distill_control_and_evaluate_compare(tiny_params_file, tmp_path)
     assert r["n"] == 100 and r["teacher"]["exact_accuracy"] == teacher["exact_accuracy"]
     # the DVC metrics files hold the headline only, under the shared short keys
     head, t_head = (json.loads((tmp_path / f).read_text()) for f in ("mtdrm.json", "me.json"))
-    assert (head["exact"], head["ci_low"], head["ci_high"]) == (r["tdrm"]["exact_accuracy"], *r["tdrm"]["ci95"])
+    r4 = lambda v: float(f"{v:.4g}")  # noqa: E731  (headline floats carry 4 significant digits)
+    assert (head["exact"], head["ci_low"], head["ci_high"]) == (r["tdrm"]["exact_accuracy"], *map(r4, r["tdrm"]["ci95"]))
     assert head["teacher_exact"] == t_head["exact"] == teacher["exact_accuracy"]
-    assert head["p_value"] == r["paired_tdrm_vs_teacher"]["p_value"]
+    assert head["p_value"] == r4(r["paired_tdrm_vs_teacher"]["p_value"])
     assert head["control_exact"] == r["control_final_state_only"]["exact_accuracy"]
     assert all(not isinstance(v, (dict, list)) for v in [*head.values(), *t_head.values()])
     assert r["difference_points"] == pytest.approx(100 * (r["tdrm"]["exact_accuracy"] - teacher["exact_accuracy"]))
