@@ -29,12 +29,22 @@ def test_small_run_writes_every_row_with_speedups(tmp_path, capsys):
     res = json.loads(out.read_text())
     ops = [r["op"] for r in res["rows"]]
     for want in ("add_rmsnorm fwd+bwd", "swiglu fwd+bwd", "mlp_t fwd (no grad)", "mlp_t fwd+bwd", "attention fwd+bwd",
-                 "adaln+gated residual fwd+bwd", "TRM supervision step", "denoiser fwd+bwd"):
+                 "adaln+gated residual fwd+bwd"):
         assert want in ops
     for r in res["rows"]:
         assert r["ms"]["eager"] > 0 and r["ms"]["triton"] > 0, r
         assert r["x_eager"] == pytest.approx(r["ms"]["eager"] / r["ms"]["triton"])
-    assert "TRM supervision step" in capsys.readouterr().out
+    assert "mlp_t fwd+bwd" in capsys.readouterr().out
+    # the whole-model rows use the library's models, so they are `python -m tdrm.bench kernels`
+    from tdrm.cli import bench_main
+    models = tmp_path / "models.json"
+    assert bench_main(["kernels", "--device", DEVICE, "--small", "--no-compile", "--reps", "1", "--dtype", "fp32",
+                       "--out", str(models)]) == 0
+    rows = json.loads(models.read_text())["rows"]
+    assert [r["op"] for r in rows] == ["TRM supervision step", "TRM no-grad cycle", "denoiser fwd+bwd"]
+    for r in rows:
+        assert r["ms"]["eager"] > 0 and r["ms"]["triton"] > 0, r
+    assert "denoiser fwd+bwd" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
