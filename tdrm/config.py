@@ -167,7 +167,7 @@ class Distill:
 class RL:
     """GRPO on the reverse diffusion chain (issue 4, METHOD.md section 4)."""
 
-    estimator: str = "grpo"  # grpo (exact step log-probs, clipped ratio) | elbo (SPG-like ablation)
+    estimator: str = "grpo"  # grpo (exact step log-probs, clipped ratio) | awm | rft | elbo (SPG-like ablation)
     group_size: int = 16  # rollouts per puzzle (G)
     puzzles: int = 8  # puzzles per rollout batch
     steps: int = 200  # rollout batches
@@ -186,6 +186,9 @@ class RL:
     grad_clip: float = 1.0
     elbo_negative_weight: float = 0.5  # elbo: weight of the bounded push-away term (negative advantages)
     elbo_trust: float = 0.1  # elbo: negative samples pushed until their loss is (1 + trust) x the reference's
+    awm_levels: int = 4  # awm: stratified noise levels per clean sample per update
+    awm_max_level: float = 0.9  # awm: levels drawn in [1, awm_max_level * T] (the noisiest end skipped)
+    awm_beta: float = 0.1  # awm: weight of the squared distance to the reference's prediction
     eval_every: int = 50  # validation solve rate at the rollout setting (0 = off)
     val_limit: int = 200
     eval_steps: tuple[int, ...] = (1, 2, 4, 8, 20)  # accuracy against sampling steps, before and after

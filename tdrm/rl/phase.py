@@ -17,6 +17,7 @@ from ..diffusion.logprob import gaussian_log_prob
 from ..diffusion.losses import sample_mse
 from ..diffusion.samplers import Sample, step_mean
 from ..diffusion.schedules import Schedule, q_sample
+from .estimators import awm_loss, stratified_levels
 from .grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl
 
 
@@ -112,7 +113,61 @@ def elbo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generato
     return _summarise(stats)
 
 
-UPDATES = {"grpo": grpo_update, "elbo": elbo_update}
+def awm_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
+    """Advantage Weighted Matching (arXiv 2509.25050): each rollout's clean sample x0, re-noised with
+    fresh noise at `rl.awm_levels` stratified levels in [1, awm_max_level * T] (the noisiest end
+    skipped: there the prediction barely depends on x0), is denoised by the policy; `awm_loss` weights
+    each denoising error by the sample's advantage (`awm_advantages`, in [-1, 1]) and anchors the
+    prediction to the frozen reference's (`rl.awm_beta`). No reverse-chain log-probs, ratio or clip:
+    the rollouts' sampler may be anything. Self-conditioning input: none (as in half of distillation's
+    batches). Runs `cfg.inner_epochs` optimizer steps on the same noised inputs."""
+    x0 = batch.sample.x0.detach()  # (S, R, L, C)
+    s, m = x0.shape[0], cfg.awm_levels
+    hi = max(1, round(cfg.awm_max_level * schedule.T))
+    t = stratified_levels(s, m, 1, hi, generator).to(x0.device)  # (S, M)
+    eps = torch.randn((m, *x0.shape), generator=generator).to(x0.device)
+    x_t = [q_sample(x0, t[:, j], schedule, eps[j]) for j in range(m)]
+    with torch.no_grad():
+        ref_hat = [ref(x_t[j], t[:, j], batch.puzzle, None) for j in range(m)]
+    stats = []
+    for epoch in range(cfg.inner_epochs):
+        opt.zero_grad(set_to_none=True)
+        err, anchor, total = [], [], 0.0
+        for j in range(m):  # one level at a time: the graph of one (S, R, L, C) batch in memory
+            x0_hat = model(x_t[j], t[:, j], batch.puzzle, None)
+            e, a = sample_mse(x0_hat, x0), sample_mse(x0_hat, ref_hat[j])  # (S,) each
+            loss = awm_loss(e[:, None], batch.adv, a[:, None], cfg.awm_beta) / m
+            loss.backward()
+            err.append(e.detach())
+            anchor.append(a.detach())
+            total += float(loss.detach())
+        err, anchor = torch.stack(err, 1), torch.stack(anchor, 1)  # (S, M)
+        stats.append({"policy_loss": total, "denoise_loss": float(err.mean()), "anchor": float(anchor.mean()),
+                      "grad_norm": _step(model, opt, cfg.grad_clip), "epoch": epoch})
+    return _summarise(stats)
+
+
+def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
+    """Rejection-sampling fine-tuning, the baseline every estimator must beat at equal rollout
+    budget: distillation's denoising loss (uniform weights, one random level per sample per
+    optimizer step) on the policy's own samples that passed the label-free validity check (the
+    batch holds only those; `batch.adv` is 1 for each). No negatives, no reference term."""
+    x0 = batch.sample.x0.detach()  # (S, R, L, C)
+    s = x0.shape[0]
+    stats = []
+    for epoch in range(cfg.inner_epochs):
+        t = torch.randint(1, schedule.T + 1, (s,), generator=generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        x_t = q_sample(x0, t, schedule, eps)
+        opt.zero_grad(set_to_none=True)
+        loss = (batch.adv * sample_mse(model(x_t, t, batch.puzzle, None), x0)).mean()
+        loss.backward()
+        stats.append({"policy_loss": float(loss.detach()), "denoise_loss": float(loss.detach()),
+                      "grad_norm": _step(model, opt, cfg.grad_clip), "epoch": epoch})
+    return _summarise(stats)
+
+
+UPDATES = {"grpo": grpo_update, "elbo": elbo_update, "awm": awm_update, "rft": rft_update}
 
 
 def _step(model, opt, grad_clip: float) -> float:

@@ -1,9 +1,11 @@
-"""The RL stage's loop: GRPO (or the ELBO ablation) on a distilled TDRM, with resume and evaluation.
+"""The RL stage's loop: an RL estimator (`rl.estimator`: grpo, awm, rft, or the elbo ablation) on a
+distilled TDRM, with resume and evaluation.
 
 Each step draws `rl.puzzles` training puzzles (epoch e shuffled by rng (seed, 4, e)), samples
 `rl.group_size` trajectories per puzzle with stochastic DDIM (`rl.sample_steps`, `rl.eta`), decodes
-and rewards them without labels, drops groups whose rewards are all equal (zero advantage; counted)
-and updates the policy on the rest. The frozen reference is the distilled model itself.
+and rewards them without labels, and updates the policy. grpo, awm and elbo drop groups whose rewards
+are all equal (zero advantage; counted as skipped); rft keeps the samples that pass the validity
+check, from any group. The frozen reference is the distilled model itself.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .. import checkpoint
 from ..checkpoint import load_tdrm
 from ..diffusion.sampling import generate
 from ..traces.store import sha256_file
+from .estimators import awm_advantages, rft_keep
 from .grpo import group_advantages
 from .phase import UPDATES, Batch, subset
 from .reward import reward
@@ -42,6 +45,12 @@ def _check(cfg) -> None:
         raise ValueError("GRPO needs stochastic rollouts: set rl.eta > 0 or rl.sigma_floor > 0")
     if not 0 < cfg.train_step_fraction <= 1:
         raise ValueError(f"rl.train_step_fraction must be in (0, 1], got {cfg.train_step_fraction}")
+    if cfg.awm_levels < 1:
+        raise ValueError(f"rl.awm_levels must be >= 1, got {cfg.awm_levels}")
+    if not 0 < cfg.awm_max_level <= 1:
+        raise ValueError(f"rl.awm_max_level must be in (0, 1], got {cfg.awm_max_level}")
+    if cfg.awm_beta < 0:
+        raise ValueError(f"rl.awm_beta must be >= 0, got {cfg.awm_beta}")
 
 
 def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, generator: torch.Generator, device
@@ -57,14 +66,22 @@ def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, gener
     digits = torch.as_tensor(puzzles, device=device).long().repeat_interleave(g, 0)
     r = reward(digits, boards, shape, cfg.dense_weight).view(-1, g)  # (P, G)
     solved = (r >= 1).float()
-    adv = group_advantages(r, cfg.adv_eps, cfg.adv_clip)
-    keep = r.std(-1, unbiased=False) > 0  # (P,)
+    varies = r.std(-1, unbiased=False) > 0  # (P,)
+    if cfg.estimator == "rft":  # the validity-checked samples of every group, each with weight 1
+        keep = rft_keep(r)  # (P, G)
+        adv = keep.float()
+        skipped = ~keep.any(-1)
+    else:
+        adv = awm_advantages(r, cfg.adv_eps, cfg.adv_clip) if cfg.estimator == "awm" else \
+            group_advantages(r, cfg.adv_eps, cfg.adv_clip)
+        keep = varies[:, None].expand(-1, g)
+        skipped = ~varies
     stats = {"reward_mean": float(r.mean()), "reward_std": float(r.std(-1, unbiased=False).mean()),
-             "solve_rate": float(solved.mean()), "skipped_groups": int((~keep).sum()),
-             "groups": int(keep.numel())}
+             "solve_rate": float(solved.mean()), "skipped_groups": int(skipped.sum()),
+             "groups": int(varies.numel()), "trained_samples": int(keep.sum())}
     if not keep.any():
         return None, stats
-    idx = keep.repeat_interleave(g).nonzero().squeeze(-1)
+    idx = keep.reshape(-1).nonzero().squeeze(-1)
     return Batch(tokens[idx], subset(sample, idx), adv.reshape(-1)[idx], model.cfg.self_cond), stats
 
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from tdrm.data.board import SHAPES, parse
+from tdrm.data.board import SHAPES, parse, to_tokens
 from tdrm.diffusion.logprob import gaussian_log_prob
 from tdrm.diffusion.schedules import make_schedule
 from tdrm.rl.grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl, group_advantages
-from tdrm.rl.phase import Batch, elbo_update, grpo_update, step_log_prob
+from tdrm.rl.estimators import awm_advantages
+from tdrm.rl.phase import Batch, UPDATES, grpo_update, step_log_prob, subset
 from tdrm.data.board import constraints, valid_boards as solved
 from tdrm.rl.reward import reward
 from tdrm.diffusion.sampling import generate
@@ -82,41 +83,54 @@ def test_elbo_surrogate_signs_and_trust_cap():
 
 
 class Toy(torch.nn.Module):
-    """x0_hat = a learned point + x_t / 2: a policy whose chain ends randomly around the point."""
+    """The exact denoiser of data N(point, s^2 I) with a learned point: x0_hat = point +
+    sqrt(ab) s^2 / (ab s^2 + 1 - ab) (x_t - sqrt(ab) point). Its chain ends randomly around the point,
+    and fitting its denoising loss to samples moves the point to their mean, so both the reverse-
+    chain estimators and the forward-process ones (which refit the denoiser) have a consistent target."""
 
     K, L, C = 1, 1, 2
     cfg = SimpleNamespace(self_cond=False)
 
-    def __init__(self):
+    def __init__(self, schedule, s=0.5):
         super().__init__()
         self.point = torch.nn.Parameter(torch.zeros(2))
+        self.ab, self.s2 = schedule.alpha_bar.float(), s * s
 
     def forward(self, x_t, t, puzzle, prev=None):
-        return self.point + 0.5 * x_t
+        ab = self.ab[t].view(-1, *([1] * (x_t.dim() - 1)))
+        gain = ab.sqrt() * self.s2 / (ab * self.s2 + 1 - ab)
+        return self.point + gain * (x_t - ab.sqrt() * self.point)
 
 
 def _toy_phase(estimator, phases=15, seed=0):
     torch.manual_seed(0)
     target = torch.tensor([1.0, -1.0])
-    model = Toy()
-    ref = Toy().requires_grad_(False)
     sched = make_schedule("cosine", 20)
+    model = Toy(sched)
+    ref = Toy(sched).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     cfg = SimpleNamespace(clip=0.2, beta=0.0, eta=1.0, sigma_floor=0.0, inner_epochs=2, train_step_fraction=1.0,
-                          grad_clip=0.0, elbo_negative_weight=0.5, elbo_trust=0.5)
+                          grad_clip=0.0, elbo_negative_weight=0.5, elbo_trust=0.5, awm_levels=3, awm_max_level=0.9,
+                          awm_beta=0.02)
     gen = torch.Generator().manual_seed(seed)
-    update = {"grpo": grpo_update, "elbo": elbo_update}[estimator]
+    update = UPDATES[estimator]
     means = []
     for _ in range(phases):
         puzzle = torch.zeros(32, 1, dtype=torch.long)  # 4 groups of 8
         s = generate(model, puzzle, sched, sampler="ddim", steps=5, eta=1.0, generator=gen, return_path=True)
         r = -(s.x0.reshape(32, 2) - target).square().sum(-1)
         means.append(r.mean().item())
-        update(model, ref, opt, Batch(puzzle, s, group_advantages(r.view(4, 8)).reshape(-1), False), sched, cfg, gen)
+        if estimator == "rft":  # "valid" = the best quarter of each group (a toy stand-in for the check)
+            keep = (r.view(4, 8) >= r.view(4, 8).quantile(0.75, dim=-1, keepdim=True)).reshape(-1)
+            batch = Batch(puzzle[keep], subset(s, keep.nonzero().squeeze(-1)), torch.ones(int(keep.sum())), False)
+        else:
+            adv = (awm_advantages if estimator == "awm" else group_advantages)(r.view(4, 8)).reshape(-1)
+            batch = Batch(puzzle, s, adv, False)
+        update(model, ref, opt, batch, sched, cfg, gen)
     return means
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "elbo"])
+@pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm", "rft"])
 def test_one_rl_phase_on_a_toy_problem_raises_the_mean_reward(estimator):
     a = _toy_phase(estimator)
     assert np.mean(a[-3:]) > np.mean(a[:3]) + 1.0, a  # starts near -2 (the point at 0, target at (1, -1))
@@ -199,7 +213,36 @@ def test_rl_stage_on_the_tiny_profile(distilled, tiny_params_file, tmp_path):
     assert not (tmp_path / "ck" / "rl-resume.pt").exists()
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "elbo"])
+@pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm", "rft"])
+def test_rollout_batch_keeps_what_each_estimator_trains_on(distilled, estimator, monkeypatch):
+    """grpo / elbo / awm: the groups with reward variance, with their advantages; rft: the samples
+    that pass the validity check (reward >= 1), from any group, each with weight 1."""
+    import tdrm.rl.train as T
+    from tdrm.checkpoint import load_tdrm
+    from tdrm.data.dataset import load_split
+
+    from ..conftest import tiny_params
+    fixed = torch.tensor([[1.05, 1.05, 1.05, 1.05], [0.1, 1.1, 0.2, 1.0], [0.3, 0.3, 0.3, 0.3]])  # (P, G)
+    monkeypatch.setattr(T, "reward", lambda *a, **k: fixed.reshape(-1))
+    model, codec, sched, _ = load_tdrm(distilled / "tdrm.pt")
+    cfg = tiny_params({"rl": {"group_size": 4, "estimator": estimator}}).rl
+    train = load_split(distilled, "train")
+    batch, stats = T.rollout_batch(model, codec, sched, train.puzzles[:3], train.shape, cfg,
+                                   torch.Generator().manual_seed(0), "cpu")
+    if estimator == "rft":
+        assert batch.adv.tolist() == [1.0] * 6 and stats["skipped_groups"] == 1
+        kept = [0, 1, 2, 3, 5, 7]
+    else:
+        assert stats["skipped_groups"] == 2 and batch.adv.shape == (4,)
+        kept = [4, 5, 6, 7]
+        adv = awm_advantages(fixed) if estimator == "awm" else group_advantages(fixed)
+        assert torch.allclose(batch.adv, adv[1])
+    assert stats["trained_samples"] == len(kept) and batch.puzzle.shape[0] == len(kept)
+    tokens = torch.as_tensor(to_tokens(train.puzzles[:3])).repeat_interleave(4, 0)
+    assert torch.equal(batch.puzzle, tokens[kept])
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm"])  # rft's tiny model solves nothing: it would not move
 def test_rl_resume_gives_identical_weights(distilled, tmp_path, estimator):
     from tdrm.rl.train import train_rl
     from tdrm import checkpoint

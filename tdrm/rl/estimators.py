@@ -1,0 +1,52 @@
+"""Pure pieces of the forward-process RL estimators and the rejection-sampling baseline (issue 14;
+formulas and sources in ../shared/docs/RECIPES.md section 2).
+
+None of them uses the reverse chain's log-probabilities: each trains the denoiser on the policy's
+own clean samples x0, re-noised with fresh noise, the way distillation trains it on the teacher's.
+Shapes: S samples (= P puzzles x G group), M noise levels per sample.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def awm_advantages(rewards: torch.Tensor, eps: float = 1e-4, clip: float = 5.0) -> torch.Tensor:
+    """Advantage Weighted Matching's advantages (arXiv 2509.25050, the public training script):
+    rewards (P, G) -> (r - group mean) / (std over the whole batch + eps), clipped to +-clip and
+    divided by clip, so they lie in [-1, 1]; a constant group gets 0."""
+    centred = rewards - rewards.mean(-1, keepdim=True)
+    adv = (centred / (rewards.std(unbiased=False) + eps)).clamp(-clip, clip) / clip
+    const = rewards.std(-1, keepdim=True, unbiased=False) == 0
+    return torch.where(const, torch.zeros_like(adv), adv)
+
+
+def stratified_levels(samples: int, m: int, lo: int, hi: int, generator: torch.Generator) -> torch.Tensor:
+    """(samples, m) integer noise levels, the j-th drawn uniformly from the j-th of m equal strata of
+    [lo, hi] (each sample sees the whole range, low to high noise, in every update)."""
+    if not 1 <= lo <= hi:
+        raise ValueError(f"levels need 1 <= lo <= hi, got lo={lo}, hi={hi}")
+    if m < 1:
+        raise ValueError(f"at least one level per sample, got {m}")
+    edges = torch.linspace(lo, hi + 1, m + 1, dtype=torch.float64)  # m strata of [lo, hi + 1)
+    u = torch.rand((samples, m), generator=generator, dtype=torch.float64)
+    t = (edges[:-1] + u * (edges[1:] - edges[:-1])).floor().long()
+    return t.clamp(lo, hi)
+
+
+def awm_loss(err: torch.Tensor, adv: torch.Tensor, anchor: torch.Tensor, beta: float) -> torch.Tensor:
+    """Advantage-weighted matching: err (S, M), each sample's denoising error at each of its levels
+    (its x0-MSE: the negative ELBO's term up to weights), adv (S,), anchor (S, M) the squared
+    distance of the policy's prediction to the frozen reference's on the same input ->
+    mean(A * err) + beta * mean(anchor). Positive advantages pull the policy toward their samples,
+    negative ones push it away; the anchor bounds the push (with x0-prediction the unanchored
+    optimum moves without limit along sum_i A_i x0_i)."""
+    if err.shape != anchor.shape or err.shape[0] != adv.shape[0]:
+        raise ValueError(f"err {tuple(err.shape)}, anchor {tuple(anchor.shape)} and adv {tuple(adv.shape)} "
+                         "must agree on samples (and levels)")
+    return (adv[:, None] * err).mean() + beta * anchor.mean()
+
+
+def rft_keep(rewards: torch.Tensor) -> torch.Tensor:
+    """Rejection-sampling fine-tuning's selection: rewards (P, G) -> (P, G) bool, the samples whose
+    board passes the label-free validity check (the reward's solved term, reward >= 1)."""
+    return rewards >= 1
