@@ -174,6 +174,7 @@ class RL:
     sample_steps: int = 4  # stochastic DDIM steps per rollout (also the default of `tdrm eval` afterwards)
     eta: float = 1.0  # DDIM eta of the rollouts (1 = DDPM's posterior variance)
     sigma_floor: float = 0.0  # lower bound on each stochastic step's sigma
+    sde_window: tuple[int, int] | None = None  # (start, end): only these reverse steps stochastic (Flow-GRPO); None = all
     train_step_fraction: float = 0.5  # share of the stochastic steps that get gradients per batch
     inner_epochs: int = 2  # updates per batch of rollouts
     lr: float = 1.0e-5

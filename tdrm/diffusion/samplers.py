@@ -87,14 +87,24 @@ def _chain(model, x_T, rounds, move, *, cond, return_path: bool) -> Sample:
     return out
 
 
-def _sample(model, x_T, schedule, *, generator, steps, cond, eta, return_path, sigma_floor=0.0):
+def check_window(window, steps: int) -> None:
+    """A stochastic window (start, end) of reverse-step indices must satisfy 0 <= start < end <= steps."""
+    if window is not None and not (len(window) == 2 and 0 <= window[0] < window[1] <= steps):
+        raise ValueError(f"the stochastic window must be (start, end) with 0 <= start < end <= {steps} "
+                         f"(the sampling steps), got {tuple(window)}")
+
+
+def _sample(model, x_T, schedule, *, generator, steps, cond, eta, return_path, sigma_floor=0.0, window=None):
     ts = timesteps(schedule, steps)
+    check_window(window, len(ts))
     b = x_T.shape[0]
     rounds = [(t, ts[i + 1] if i + 1 < len(ts) else 0, torch.full((b,), t, dtype=torch.long, device=x_T.device))
               for i, t in enumerate(ts)]
+    inside = {t for i, t in enumerate(ts) if window is None or window[0] <= i < window[1]}
 
     def move(x, x0_hat, t, t_prev):
-        mean, sigma = step_mean(schedule, x, x0_hat, t, t_prev, eta, sigma_floor)
+        noisy = t in inside  # outside the window the step is DDIM's deterministic one (eta 0, no floor)
+        mean, sigma = step_mean(schedule, x, x0_hat, t, t_prev, eta if noisy else 0.0, sigma_floor if noisy else 0.0)
         if sigma <= 0:
             return mean, sigma, mean, None
         x_prev = mean + sigma * _noise(x, generator)
@@ -115,10 +125,13 @@ def sample_ddpm(model, x_T, schedule: Schedule, *, generator: torch.Generator, s
 
 
 def sample_ddim(model, x_T, schedule: Schedule, *, generator: torch.Generator, steps: int | None = None,
-                cond=None, eta: float = 0.0, return_path: bool = False, sigma_floor: float = 0.0) -> Sample:
-    """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta > 0 stochastic."""
+                cond=None, eta: float = 0.0, return_path: bool = False, sigma_floor: float = 0.0,
+                window: tuple[int, int] | None = None) -> Sample:
+    """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta > 0 stochastic. `window`
+    (start, end): only reverse steps start..end-1 (0 = the noisiest) are stochastic, the others
+    deterministic (Flow-GRPO's SDE window); None = every step."""
     return _sample(model, x_T, schedule, generator=generator, steps=steps, cond=cond, eta=eta,
-                   return_path=return_path, sigma_floor=sigma_floor)
+                   return_path=return_path, sigma_floor=sigma_floor, window=window)
 
 
 def row_step(schedule: Schedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,

@@ -24,19 +24,24 @@ class SelfCondModel:
 
 @torch.no_grad()
 def generate(model, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, steps: int, eta: float,
-             generator: torch.Generator, return_path: bool = False, sigma_floor: float = 0.0):
+             generator: torch.Generator, return_path: bool = False, sigma_floor: float = 0.0,
+             window: tuple[int, int] | None = None):
     """Sample standardised trajectories (B, K, L, C) for puzzles (B, N); with `return_path`, the
-    sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob)."""
+    sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob). `window`:
+    DDIM's stochastic steps (see `sample_ddim`); None = all."""
     b = puzzle_tokens.shape[0]
     x_T = torch.randn((b, model.K, model.L, model.C), generator=generator).to(puzzle_tokens.device)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
     if sampler == "ddpm" and eta != 1.0:
         raise ValueError(f"ddpm samples at eta 1 (the posterior variance), got eta={eta}; use ddim for other values")
+    if window is not None and (sampler != "ddim" or getattr(model, "row_lag", None) is not None):
+        raise ValueError("a stochastic window is a DDIM option (shared noise level); this model or sampler has none")
     if getattr(model, "row_lag", None) is not None:  # trained with one noise level per row: rolling schedule
         out = sample_rows(SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
                           lag=model.row_lag, eta=eta, return_path=return_path, sigma_floor=sigma_floor)
         return out if return_path else out.x0
+    extra = {} if window is None else {"window": tuple(window)}
     out = SAMPLERS[sampler](SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
-                            eta=eta, return_path=return_path, sigma_floor=sigma_floor)
+                            eta=eta, return_path=return_path, sigma_floor=sigma_floor, **extra)
     return out if return_path else out.x0

@@ -28,6 +28,7 @@ from ..tracking.base import Tracker
 from .. import checkpoint
 from ..checkpoint import load_tdrm
 from ..diffusion.sampling import generate
+from ..diffusion.samplers import check_window
 from ..traces.store import sha256_file
 from .estimators import awm_advantages, rft_keep
 from .grpo import group_advantages
@@ -45,6 +46,8 @@ def _check(cfg) -> None:
         raise ValueError("GRPO needs stochastic rollouts: set rl.eta > 0 or rl.sigma_floor > 0")
     if not 0 < cfg.train_step_fraction <= 1:
         raise ValueError(f"rl.train_step_fraction must be in (0, 1], got {cfg.train_step_fraction}")
+    if cfg.sde_window is not None:
+        check_window(cfg.sde_window, cfg.sample_steps)
     if cfg.awm_levels < 1:
         raise ValueError(f"rl.awm_levels must be >= 1, got {cfg.awm_levels}")
     if not 0 < cfg.awm_max_level <= 1:
@@ -60,7 +63,7 @@ def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, gener
     g = cfg.group_size
     tokens = torch.as_tensor(to_tokens(puzzles), device=device).repeat_interleave(g, 0)  # (S, N)
     sample = generate(model, tokens, schedule, sampler="ddim", steps=cfg.sample_steps, eta=cfg.eta,
-                      generator=generator, return_path=True, sigma_floor=cfg.sigma_floor)
+                      generator=generator, return_path=True, sigma_floor=cfg.sigma_floor, window=cfg.sde_window)
     with torch.no_grad():
         boards = logits_to_digits(codec.answer_logits(sample.x0))  # (S, N) digits
     digits = torch.as_tensor(puzzles, device=device).long().repeat_interleave(g, 0)

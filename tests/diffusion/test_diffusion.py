@@ -107,6 +107,31 @@ def test_ddim_with_eta_and_strided_steps():
         timesteps(s, 0)
 
 
+def test_stochastic_window_makes_only_its_steps_random():
+    """Flow-GRPO's SDE window: steps start..end-1 are DDIM at eta with exact log-probs, the others
+    DDIM's deterministic step (sigma 0, no log-prob); the window over every step is the plain sampler."""
+    s = make_schedule("cosine", 50)
+    model = Oracle(torch.zeros(1, 3))
+    xT = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    run = lambda **k: sample_ddim(model, xT, s, generator=torch.Generator().manual_seed(1), steps=6, eta=1.0,  # noqa: E731
+                                  return_path=True, **k)
+    w = run(window=(1, 3))
+    assert [st.sigma > 0 for st in w.path] == [False, True, True, False, False, False]
+    assert [st.log_prob is not None for st in w.path] == [False, True, True, False, False, False]
+    for st in w.path:
+        if st.sigma > 0:
+            ref = torch.distributions.Normal(st.mean.double(), st.sigma).log_prob(st.x_prev.double()).sum(-1)
+            assert torch.allclose(st.log_prob, ref)
+        else:
+            assert torch.equal(st.x_prev, st.mean)
+    plain, full = run(), run(window=(0, 6))
+    assert all(a.sigma == b.sigma and torch.equal(a.x_prev, b.x_prev) for a, b in zip(plain.path, full.path))
+    assert not torch.equal(plain.path[0].x_prev, w.path[0].x_prev)  # step 0 is deterministic in the window run
+    for bad in [(2, 2), (0, 7), (-1, 2)]:
+        with pytest.raises(ValueError, match="stochastic window"):
+            run(window=bad)
+
+
 @pytest.mark.parametrize("attention,self_cond", [("full", False), ("factorised", True)])
 def test_denoiser_shapes_and_adaln_zero_start(attention, self_cond):
     cfg = DenoiserConfig(hidden=16, layers=2, heads=2, attention=attention, self_cond=self_cond)

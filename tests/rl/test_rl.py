@@ -242,6 +242,21 @@ def test_rollout_batch_keeps_what_each_estimator_trains_on(distilled, estimator,
     assert torch.equal(batch.puzzle, tokens[kept])
 
 
+def test_rollouts_are_stochastic_only_inside_the_sde_window(distilled):
+    import tdrm.rl.train as T
+    from tdrm.checkpoint import load_tdrm
+    from tdrm.data.dataset import load_split
+
+    from ..conftest import tiny_params
+    model, codec, sched, _ = load_tdrm(distilled / "tdrm.pt")
+    train = load_split(distilled, "train")
+    for window, noisy in [(None, [True, True, True, False]), ((1, 3), [False, True, True, False])]:
+        cfg = tiny_params({"rl": {"group_size": 4, "sample_steps": 4, "sde_window": window}}).rl
+        batch, _ = T.rollout_batch(model, codec, sched, train.puzzles[:6], train.shape, cfg,
+                                   torch.Generator().manual_seed(0), "cpu")
+        assert [st.sigma > 0 for st in batch.sample.path] == noisy
+
+
 @pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm"])  # rft's tiny model solves nothing: it would not move
 def test_rl_resume_gives_identical_weights(distilled, tmp_path, estimator):
     from tdrm.rl.train import train_rl
@@ -267,6 +282,7 @@ def test_rl_refuses_bad_settings(distilled, tmp_path):
 
     from ..conftest import tiny_params
     for over, msg in [({"estimator": "ppo"}, "rl.estimator"), ({"group_size": 1}, "group_size"),
-                      ({"eta": 0.0}, "stochastic rollouts")]:
+                      ({"eta": 0.0}, "stochastic rollouts"), ({"sde_window": [0, 9]}, "stochastic window"),
+                      ({"awm_levels": 0}, "awm_levels"), ({"awm_max_level": 1.5}, "awm_max_level")]:
         with pytest.raises(ValueError, match=msg):
             train_rl(tiny_params({"rl": over}), distilled / "tdrm.pt", distilled, tmp_path / "x.pt", progress=False)
