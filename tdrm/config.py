@@ -187,6 +187,10 @@ class RL:
     grad_clip: float = 1.0
     elbo_negative_weight: float = 0.5  # elbo: weight of the bounded push-away term (negative advantages)
     elbo_trust: float = 0.1  # elbo: negative samples pushed until their loss is (1 + trust) x the reference's
+    filter_groups: bool = False  # replace groups without reward variance by fresh puzzles (counted)
+    max_rollout_rounds: int = 3  # filter_groups: rollout rounds per batch at most (the first included)
+    curriculum: str = "none"  # none | rating: harder puzzles (exact solver's rating) drawn earlier in each epoch
+    curriculum_power: float = 1.0  # rating: weight (1 + rating) ** power
     awm_levels: int = 4  # awm: stratified noise levels per clean sample per update
     awm_max_level: float = 0.9  # awm: levels drawn in [1, awm_max_level * T] (the noisiest end skipped)
     awm_beta: float = 0.1  # awm: weight of the squared distance to the reference's prediction

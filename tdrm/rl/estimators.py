@@ -50,3 +50,22 @@ def rft_keep(rewards: torch.Tensor) -> torch.Tensor:
     """Rejection-sampling fine-tuning's selection: rewards (P, G) -> (P, G) bool, the samples whose
     board passes the label-free validity check (the reward's solved term, reward >= 1)."""
     return rewards >= 1
+
+
+def curriculum_weights(ratings, power: float):
+    """Sampling weights of training puzzles from the exact solver's difficulty ratings (M,) (-1 =
+    unknown, taken as 0): (1 + rating) ** power; power 0 = uniform, larger = harder puzzles earlier."""
+    import numpy as np
+    r = np.clip(np.asarray(ratings, dtype=np.float64), 0, None)
+    return (1.0 + r) ** power
+
+
+def weighted_order(weights, rng):
+    """A random permutation of range(M) in which index i comes early with probability growing with
+    weights[i] (sampling without replacement, by the Gumbel-top-k trick: argsort of log w + Gumbel)."""
+    import numpy as np
+    w = np.asarray(weights, dtype=np.float64)
+    if (w <= 0).any() or not np.isfinite(w).all():
+        raise ValueError("curriculum weights must be positive and finite")
+    keys = np.log(w) + rng.gumbel(size=w.shape)
+    return np.argsort(-keys, kind="stable")

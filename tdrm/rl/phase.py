@@ -38,6 +38,19 @@ def subset(sample: Sample, idx: torch.Tensor) -> Sample:
                                                 ("x_t", "x0_hat", "mean", "x_prev", "log_prob")}) for s in sample.path])
 
 
+def concat(batches: list[Batch]) -> Batch:
+    """One batch of the groups of several rollout rounds (same sampler, so the same steps)."""
+    if len(batches) == 1:
+        return batches[0]
+    first = batches[0]
+    cat = lambda vs: None if vs[0] is None else torch.cat(vs)  # noqa: E731
+    path = [replace(st, **{k: cat([b.sample.path[i].__dict__[k] for b in batches])
+                           for k in ("x_t", "x0_hat", "mean", "x_prev", "log_prob")})
+            for i, st in enumerate(first.sample.path)]
+    return Batch(torch.cat([b.puzzle for b in batches]), Sample(torch.cat([b.sample.x0 for b in batches]), path),
+                 torch.cat([b.adv for b in batches]), first.self_cond)
+
+
 def _prev(batch: Batch, i: int):
     return batch.sample.path[i - 1].x0_hat if batch.self_cond and i > 0 else None
 

@@ -1,11 +1,14 @@
 """The RL stage's loop: an RL estimator (`rl.estimator`: grpo, awm, rft, or the elbo ablation) on a
 distilled TDRM, with resume and evaluation.
 
-Each step draws `rl.puzzles` training puzzles (epoch e shuffled by rng (seed, 4, e)), samples
-`rl.group_size` trajectories per puzzle with stochastic DDIM (`rl.sample_steps`, `rl.eta`), decodes
-and rewards them without labels, and updates the policy. grpo, awm and elbo drop groups whose rewards
-are all equal (zero advantage; counted as skipped); rft keeps the samples that pass the validity
-check, from any group. The frozen reference is the distilled model itself.
+Each step draws `rl.puzzles` training puzzles (epoch e shuffled by rng (seed, 4, e); with
+`rl.curriculum: rating` a weighted shuffle that puts harder puzzles earlier), samples
+`rl.group_size` trajectories per puzzle with stochastic DDIM (`rl.sample_steps`, `rl.eta`,
+`rl.sde_window`), decodes and rewards them without labels, and updates the policy. grpo, awm and
+elbo drop groups whose rewards are all equal (zero advantage; counted as skipped), and with
+`rl.filter_groups` replace them by fresh puzzles (more rollouts, counted in `rollout_puzzles`); rft
+keeps the samples that pass the validity check, from any group. The frozen reference is the
+distilled model itself.
 """
 from __future__ import annotations
 
@@ -30,9 +33,9 @@ from ..checkpoint import load_tdrm
 from ..diffusion.sampling import generate
 from ..diffusion.samplers import check_window
 from ..traces.store import sha256_file
-from .estimators import awm_advantages, rft_keep
+from .estimators import awm_advantages, curriculum_weights, rft_keep, weighted_order
 from .grpo import group_advantages
-from .phase import UPDATES, Batch, subset
+from .phase import UPDATES, Batch, concat, subset
 from .reward import reward
 from ..rng import RL_ORDER, VALIDATION_SAMPLING, stream
 
@@ -48,6 +51,10 @@ def _check(cfg) -> None:
         raise ValueError(f"rl.train_step_fraction must be in (0, 1], got {cfg.train_step_fraction}")
     if cfg.sde_window is not None:
         check_window(cfg.sde_window, cfg.sample_steps)
+    if cfg.curriculum not in ("none", "rating"):
+        raise ValueError(f"rl.curriculum must be none or rating, got {cfg.curriculum!r}")
+    if cfg.max_rollout_rounds < 1:
+        raise ValueError(f"rl.max_rollout_rounds must be >= 1, got {cfg.max_rollout_rounds}")
     if cfg.awm_levels < 1:
         raise ValueError(f"rl.awm_levels must be >= 1, got {cfg.awm_levels}")
     if not 0 < cfg.awm_max_level <= 1:
@@ -142,18 +149,53 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
                            resume_key=key, history=history)
         checkpoint.save(path, payload)
 
+    weights = curriculum_weights(train.ratings, cfg.curriculum_power) if cfg.curriculum == "rating" else None
+
+    def epoch_order(e: int) -> np.ndarray:
+        rng = stream(params.common.seed, RL_ORDER, e)
+        return rng.permutation(len(train)) if weights is None else weighted_order(weights, rng)
+
+    def draw(n: int) -> np.ndarray:
+        """The next n puzzles of the epoch stream (a new epoch when this one is used up)."""
+        nonlocal epoch, pos, order
+        if pos + n > len(order):
+            epoch, pos = epoch + 1, 0
+            order = epoch_order(epoch)
+        idx = order[pos:pos + n]
+        pos += n
+        return idx
+
+    def rollouts() -> tuple[Batch | None, dict]:
+        """One rollout batch; with rl.filter_groups, groups without reward variance are replaced by
+        fresh puzzles for up to rl.max_rollout_rounds rounds in all (each round's rollouts counted)."""
+        batch, stats = rollout_batch(model, codec, schedule, train.puzzles[draw(cfg.puzzles)], train.shape, cfg,
+                                     gen, device)
+        stats["rollout_puzzles"] = cfg.puzzles
+        if not cfg.filter_groups or cfg.estimator == "rft":
+            return batch, stats
+        batches = [] if batch is None else [batch]
+        have, rounds = stats["groups"] - stats["skipped_groups"], 1
+        while have < cfg.puzzles and rounds < cfg.max_rollout_rounds:
+            more = cfg.puzzles - have
+            b, st = rollout_batch(model, codec, schedule, train.puzzles[draw(more)], train.shape, cfg, gen, device)
+            rounds += 1
+            stats["rollout_puzzles"] += more
+            stats["refilled_groups"] = stats.get("refilled_groups", 0) + st["groups"] - st["skipped_groups"]
+            for k in ("skipped_groups", "groups", "trained_samples"):
+                stats[k] += st[k]
+            if b is not None:
+                batches.append(b)
+            have += st["groups"] - st["skipped_groups"]
+        stats["rollout_rounds"] = rounds
+        return (concat(batches) if batches else None), stats
+
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"rl {cfg.estimator}", disable=not progress, mininterval=2)
     window: list[dict] = []
+    order = epoch_order(epoch)
     while step < cfg.steps:
-        order = stream(params.common.seed, RL_ORDER, epoch).permutation(len(train))
-        if pos + cfg.puzzles > len(order):
-            epoch, pos = epoch + 1, 0
-            continue
-        idx = order[pos:pos + cfg.puzzles]
-        pos += cfg.puzzles
         model.eval()
-        batch, stats = rollout_batch(model, codec, schedule, train.puzzles[idx], train.shape, cfg, gen, device)
+        batch, stats = rollouts()
         if batch is not None:
             model.train()
             stats.update(update(model, ref, opt, batch, schedule, cfg, gen))

@@ -61,3 +61,24 @@ def test_awm_loss_pulls_toward_positive_samples_and_the_anchor_bounds_the_push()
 def test_rft_keeps_exactly_the_solved_samples():
     r = torch.tensor([[1.1, 0.05, 1.0, 0.99]])
     assert rft_keep(r).tolist() == [[True, False, True, False]]
+
+
+def test_weighted_order_is_a_seeded_permutation_that_puts_heavy_items_first():
+    import numpy as np
+
+    from tdrm.rl.estimators import curriculum_weights, weighted_order
+    ratings = np.array([0, 10, -1, 2] * 500)
+    w = curriculum_weights(ratings, 1.0)
+    assert w[:4].tolist() == [1.0, 11.0, 1.0, 3.0]  # unknown (-1) counts as 0
+    assert curriculum_weights(ratings, 0.0).tolist() == [1.0] * 2000  # power 0: uniform
+    o = weighted_order(w, np.random.default_rng(0))
+    assert sorted(o.tolist()) == list(range(2000))
+    assert np.array_equal(o, weighted_order(w, np.random.default_rng(0)))
+    rank = np.empty(2000)
+    rank[o] = np.arange(2000)
+    # Gumbel-top-k: the first draw is item i with probability w_i / sum w, so rating-10 puzzles
+    # (weight 11 of 16 per block of four) fill most of the first places
+    assert (ratings[o[:200]] == 10).mean() > 0.6
+    assert rank[ratings == 10].mean() < rank[ratings == 2].mean() < rank[ratings == 0].mean()
+    with pytest.raises(ValueError, match="positive"):
+        weighted_order(np.array([1.0, 0.0]), np.random.default_rng(0))

@@ -242,6 +242,35 @@ def test_rollout_batch_keeps_what_each_estimator_trains_on(distilled, estimator,
     assert torch.equal(batch.puzzle, tokens[kept])
 
 
+def test_filter_groups_refills_constant_groups_with_fresh_puzzles(distilled, tmp_path, monkeypatch):
+    """Round 1: every group constant (nothing to learn from); refills draw fresh puzzles until
+    rl.puzzles groups vary or rl.max_rollout_rounds is reached, and every extra rollout is counted."""
+    import tdrm.rl.train as T
+
+    from ..conftest import tiny_params
+    calls = []
+
+    def fake_reward(puzzles, boards, shape, dense):  # (S,) with G = 4 per puzzle
+        calls.append(puzzles.shape[0] // 4)
+        r = torch.full((puzzles.shape[0] // 4, 4), 1.05)
+        if len(calls) % 3 == 2:  # the first refill: one varying group
+            r[0, 0] = 0.1
+        if len(calls) % 3 == 0:  # the second: all vary
+            r[:, 0] = 0.1
+        return r.reshape(-1)
+    monkeypatch.setattr(T, "reward", fake_reward)
+    p = tiny_params({"rl": {"group_size": 4, "puzzles": 4, "steps": 2, "eval_every": 0, "filter_groups": True,
+                            "max_rollout_rounds": 3, "curriculum": "rating"}})
+    res = T.train_rl(p, distilled / "tdrm.pt", distilled, tmp_path / "f.pt", progress=False)
+    assert calls == [4, 4, 3] * 2  # 4 constant, then 1 of 4 varies, then the 3 missing
+    row = res["history"][0]
+    assert (row["rollout_puzzles"], row["refilled_groups"], row["rollout_rounds"]) == (11, 4, 3)
+    assert (row["groups"], row["skipped_groups"], row["trained_samples"]) == (11, 7, 16)
+    monkeypatch.setattr(T, "reward", lambda puzzles, *a: torch.full((puzzles.shape[0],), 1.05))
+    res = T.train_rl(p, distilled / "tdrm.pt", distilled, tmp_path / "g.pt", progress=False)
+    assert res["history"][0]["rollout_puzzles"] == 12 and res["history"][0]["rollout_rounds"] == 3  # gives up
+
+
 def test_rollouts_are_stochastic_only_inside_the_sde_window(distilled):
     import tdrm.rl.train as T
     from tdrm.checkpoint import load_tdrm
