@@ -193,7 +193,7 @@ class RL:
     curriculum_power: float = 1.0  # rating: weight (1 + rating) ** power
     awm_levels: int = 4  # awm: stratified noise levels per clean sample per update
     awm_max_level: float = 0.9  # awm: levels drawn in [1, awm_max_level * T] (the noisiest end skipped)
-    awm_beta: float = 0.1  # awm: weight of the squared distance to the reference's prediction
+    anchor_beta: float = 0.1  # awm, rft: weight of the squared distance to the reference's prediction
     eval_every: int = 50  # validation solve rate at the rollout setting (0 = off)
     val_limit: int = 200
     eval_steps: tuple[int, ...] = (1, 2, 4, 8, 20)  # accuracy against sampling steps, before and after

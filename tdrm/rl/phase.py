@@ -131,7 +131,7 @@ def awm_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
     fresh noise at `rl.awm_levels` stratified levels in [1, awm_max_level * T] (the noisiest end
     skipped: there the prediction barely depends on x0), is denoised by the policy; `awm_loss` weights
     each denoising error by the sample's advantage (`awm_advantages`, in [-1, 1]) and anchors the
-    prediction to the frozen reference's (`rl.awm_beta`). No reverse-chain log-probs, ratio or clip:
+    prediction to the frozen reference's (`rl.anchor_beta`). No reverse-chain log-probs, ratio or clip:
     the rollouts' sampler may be anything. Self-conditioning input: none (as in half of distillation's
     batches). Runs `cfg.inner_epochs` optimizer steps on the same noised inputs."""
     x0 = batch.sample.x0.detach()  # (S, R, L, C)
@@ -149,7 +149,7 @@ def awm_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
         for j in range(m):  # one level at a time: the graph of one (S, R, L, C) batch in memory
             x0_hat = model(x_t[j], t[:, j], batch.puzzle, None)
             e, a = sample_mse(x0_hat, x0), sample_mse(x0_hat, ref_hat[j])  # (S,) each
-            loss = awm_loss(e[:, None], batch.adv, a[:, None], cfg.awm_beta) / m
+            loss = awm_loss(e[:, None], batch.adv, a[:, None], cfg.anchor_beta) / m
             loss.backward()
             err.append(e.detach())
             anchor.append(a.detach())
@@ -164,7 +164,11 @@ def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
     """Rejection-sampling fine-tuning, the baseline every estimator must beat at equal rollout
     budget: distillation's denoising loss (uniform weights, one random level per sample per
     optimizer step) on the policy's own samples that passed the label-free validity check (the
-    batch holds only those; `batch.adv` is 1 for each). No negatives, no reference term."""
+    batch holds only those; `batch.adv` is 1 for each), plus `rl.anchor_beta` x the squared
+    distance to the frozen reference's prediction on the same input (`awm_loss` with every
+    weight 1). No negatives. Without the anchor (anchor_beta 0) it collapsed on the default
+    profile within 40 rollout batches (docs/RESULTS.md): refitting the denoiser to its own
+    4-step samples drifts off the teacher's trajectories."""
     x0 = batch.sample.x0.detach()  # (S, R, L, C)
     s = x0.shape[0]
     stats = []
@@ -172,11 +176,17 @@ def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
         t = torch.randint(1, schedule.T + 1, (s,), generator=generator).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = q_sample(x0, t, schedule, eps)
+        with torch.no_grad():
+            ref_hat = ref(x_t, t, batch.puzzle, None) if cfg.anchor_beta else None
         opt.zero_grad(set_to_none=True)
-        loss = (batch.adv * sample_mse(model(x_t, t, batch.puzzle, None), x0)).mean()
+        x0_hat = model(x_t, t, batch.puzzle, None)
+        err = sample_mse(x0_hat, x0)  # (S,)
+        anchor = sample_mse(x0_hat, ref_hat) if ref_hat is not None else torch.zeros_like(err)
+        loss = awm_loss(err[:, None], batch.adv, anchor[:, None], cfg.anchor_beta)
         loss.backward()
-        stats.append({"policy_loss": float(loss.detach()), "denoise_loss": float(loss.detach()),
-                      "grad_norm": _step(model, opt, cfg.grad_clip), "epoch": epoch})
+        stats.append({"policy_loss": float(loss.detach()), "denoise_loss": float(err.detach().mean()),
+                      "anchor": float(anchor.detach().mean()), "grad_norm": _step(model, opt, cfg.grad_clip),
+                      "epoch": epoch})
     return _summarise(stats)
 
 

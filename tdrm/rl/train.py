@@ -59,8 +59,8 @@ def _check(cfg) -> None:
         raise ValueError(f"rl.awm_levels must be >= 1, got {cfg.awm_levels}")
     if not 0 < cfg.awm_max_level <= 1:
         raise ValueError(f"rl.awm_max_level must be in (0, 1], got {cfg.awm_max_level}")
-    if cfg.awm_beta < 0:
-        raise ValueError(f"rl.awm_beta must be >= 0, got {cfg.awm_beta}")
+    if cfg.anchor_beta < 0:
+        raise ValueError(f"rl.anchor_beta must be >= 0, got {cfg.anchor_beta}")
 
 
 def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, generator: torch.Generator, device

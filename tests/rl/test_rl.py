@@ -111,7 +111,7 @@ def _toy_phase(estimator, phases=15, seed=0):
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     cfg = SimpleNamespace(clip=0.2, beta=0.0, eta=1.0, sigma_floor=0.0, inner_epochs=2, train_step_fraction=1.0,
                           grad_clip=0.0, elbo_negative_weight=0.5, elbo_trust=0.5, awm_levels=3, awm_max_level=0.9,
-                          awm_beta=0.02)
+                          anchor_beta=0.02)
     gen = torch.Generator().manual_seed(seed)
     update = UPDATES[estimator]
     means = []
@@ -209,7 +209,7 @@ def test_rl_stage_on_the_tiny_profile(distilled, tiny_params_file, tmp_path):
     from PIL import Image
     assert Image.open(tmp_path / "plots" / "rl.png").size == (900, 350)
     model, codec, sched, ck = load_tdrm(tmp_path / "rl.pt")  # `tdrm eval` reads it, at the rollout setting
-    assert ck["config"]["distill"]["sample_steps"] == 4 and ck["config"]["rl"]["estimator"] == "grpo"
+    assert ck["config"]["distill"]["sample_steps"] == 4 and ck["config"]["rl"]["estimator"] == "awm"
     assert not (tmp_path / "ck" / "rl-resume.pt").exists()
 
 
