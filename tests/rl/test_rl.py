@@ -311,7 +311,8 @@ def test_rl_refuses_bad_settings(distilled, tmp_path):
 
     from ..conftest import tiny_params
     for over, msg in [({"estimator": "ppo"}, "rl.estimator"), ({"group_size": 1}, "group_size"),
-                      ({"eta": 0.0}, "stochastic rollouts"), ({"sde_window": [0, 9]}, "stochastic window"),
+                      ({"eta": 0.0, "estimator": "grpo"}, "stochastic rollouts"),
+                      ({"sde_window": [0, 9]}, "stochastic window"),
                       ({"awm_levels": 0}, "awm_levels"), ({"awm_max_level": 1.5}, "awm_max_level")]:
         with pytest.raises(ValueError, match=msg):
             train_rl(tiny_params({"rl": over}), distilled / "tdrm.pt", distilled, tmp_path / "x.pt", progress=False)
