@@ -7,6 +7,7 @@ Shapes: S samples (= P puzzles x G group), M noise levels per sample.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -55,7 +56,6 @@ def rft_keep(rewards: torch.Tensor) -> torch.Tensor:
 def curriculum_weights(ratings, power: float):
     """Sampling weights of training puzzles from the exact solver's difficulty ratings (M,) (-1 =
     unknown, taken as 0): (1 + rating) ** power; power 0 = uniform, larger = harder puzzles earlier."""
-    import numpy as np
     r = np.clip(np.asarray(ratings, dtype=np.float64), 0, None)
     return (1.0 + r) ** power
 
@@ -63,7 +63,6 @@ def curriculum_weights(ratings, power: float):
 def weighted_order(weights, rng):
     """A random permutation of range(M) in which index i comes early with probability growing with
     weights[i] (sampling without replacement, by the Gumbel-top-k trick: argsort of log w + Gumbel)."""
-    import numpy as np
     w = np.asarray(weights, dtype=np.float64)
     if (w <= 0).any() or not np.isfinite(w).all():
         raise ValueError("curriculum weights must be positive and finite")

@@ -31,11 +31,13 @@ class Batch:
     self_cond: bool
 
 
+PER_SAMPLE = ("x_t", "x0_hat", "mean", "x_prev", "log_prob")  # a Step's fields with one row per sample
+
+
 def subset(sample: Sample, idx: torch.Tensor) -> Sample:
     """The rows `idx` of every tensor of a sampled path."""
     take = lambda v: v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v  # noqa: E731
-    return Sample(sample.x0[idx], [replace(s, **{k: take(getattr(s, k)) for k in
-                                                ("x_t", "x0_hat", "mean", "x_prev", "log_prob")}) for s in sample.path])
+    return Sample(sample.x0[idx], [replace(s, **{k: take(getattr(s, k)) for k in PER_SAMPLE}) for s in sample.path])
 
 
 def concat(batches: list[Batch]) -> Batch:
@@ -44,8 +46,7 @@ def concat(batches: list[Batch]) -> Batch:
         return batches[0]
     first = batches[0]
     cat = lambda vs: None if vs[0] is None else torch.cat(vs)  # noqa: E731
-    path = [replace(st, **{k: cat([b.sample.path[i].__dict__[k] for b in batches])
-                           for k in ("x_t", "x0_hat", "mean", "x_prev", "log_prob")})
+    path = [replace(st, **{k: cat([getattr(b.sample.path[i], k) for b in batches]) for k in PER_SAMPLE})
             for i, st in enumerate(first.sample.path)]
     return Batch(torch.cat([b.puzzle for b in batches]), Sample(torch.cat([b.sample.x0 for b in batches]), path),
                  torch.cat([b.adv for b in batches]), first.self_cond)
