@@ -3,6 +3,7 @@ with clear errors when a file is missing, unreadable or of the wrong kind."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -89,7 +90,7 @@ def load_tdrm(path: str | Path, device="cpu", ema: bool = True):
     from .config import Distill, Model, section_from_dict
     from .diffusion.schedules import make_schedule
     from .diffusion.trajectory import Codec, Layout, Standardizer
-    from .models.denoiser import Denoiser, row_lag_of
+    from .models.denoiser import build_denoiser
     from .models.trm import TRM
 
     ck = load(path, map_location=device)
@@ -104,8 +105,12 @@ def load_tdrm(path: str | Path, device="cpu", ema: bool = True):
     # checkpoints written before states z / prefix positions existed carry no layout
     layout = Layout(**ck["layout"]) if "layout" in ck else Layout.of(dcfg.state, teacher.cfg,
                                                                      ck["traces_header"]["config"])
-    model = Denoiser(dcfg.denoiser, k, l, c, tinfo["vocab"], prefix=layout.prefix, row_lag=row_lag_of(dcfg)).to(device)
+    stdz = Standardizer(ck["stats"]["mean"], ck["stats"]["std"])
+    schedule = make_schedule(dcfg.schedule, dcfg.T, dcfg.shift)
+    # init teacher only seeds the weights; the checkpoint's own weights are loaded next
+    model = build_denoiser(replace(dcfg, denoiser=replace(dcfg.denoiser, init="random")), k, l, c, tinfo["vocab"],
+                           layout.prefix, teacher=teacher, stdz=stdz, schedule=schedule).to(device)
     model.load_state_dict(ck["ema" if ema else "model"])
     model.eval()
-    codec = Codec(teacher, layout, Standardizer(ck["stats"]["mean"], ck["stats"]["std"]), ck["projection"])
-    return model, codec, make_schedule(dcfg.schedule, dcfg.T, dcfg.shift), ck
+    codec = Codec(teacher, layout, stdz, ck["projection"])
+    return model, codec, schedule, ck

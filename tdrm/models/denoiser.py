@@ -23,15 +23,8 @@ from kernels.adaln import adaln
 from kernels.attention import attention
 
 from ..config import Denoiser as DenoiserConfig
-from .layers import Linear, SwiGLU, trunc_normal_
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (B,) steps -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+from .layers import Linear, SwiGLU, timestep_embedding, trunc_normal_
+from .move import MoveDenoiser
 
 
 class SelfAttention(nn.Module):
@@ -158,3 +151,22 @@ class Denoiser(nn.Module):
 def row_lag_of(cfg) -> float | None:
     """The denoiser's sampling schedule: None for one shared level, else the rolling lag."""
     return None if cfg.row_noise == "shared" else float(cfg.row_lag)
+
+
+def build_denoiser(cfg, steps: int, cells: int, channels: int, vocab: int, prefix: int, *, teacher, stdz,
+                   schedule) -> nn.Module:
+    """The denoiser of `distill` config `cfg` (arch dit or move) for (K, L, C) trajectories;
+    arch move takes the teacher's configuration (and weights, for init teacher), the standardiser
+    and the schedule."""
+    dc = cfg.denoiser
+    if dc.arch == "dit":
+        return Denoiser(dc, steps, cells, channels, vocab, prefix=prefix, row_lag=row_lag_of(cfg))
+    if dc.arch != "move":
+        raise ValueError(f"denoiser arch must be dit or move, got {dc.arch!r}")
+    if cfg.state != "yz":
+        raise ValueError(f"denoiser arch move models the teacher's (y, z) rows: it needs distill.state yz, got {cfg.state!r}")
+    if cfg.final_only:
+        raise ValueError("denoiser arch move moves row k from row k-1: it cannot model the final row alone (final_only)")
+    return MoveDenoiser(dc, teacher.cfg, steps, cells, channels, vocab, prefix, stdz.mean, stdz.std,
+                        schedule.alpha_bar, row_lag=row_lag_of(cfg),
+                        teacher_state=teacher.state_dict() if dc.init == "teacher" else None)

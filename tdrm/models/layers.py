@@ -120,3 +120,11 @@ class Block(nn.Module):
         else:
             h = add_rmsnorm(h, self.mix(h, rope), self.eps)
         return add_rmsnorm(h, self.mlp(h), self.eps)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) steps -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

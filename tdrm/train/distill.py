@@ -25,7 +25,7 @@ from ..diffusion.sampling import generate
 from ..diffusion.schedules import make_schedule, q_sample, row_levels
 from ..diffusion.trajectory import Codec, Layout
 from ..traces.tensors import fit_standardizer, state_tensor
-from ..models.denoiser import Denoiser, row_lag_of
+from ..models.denoiser import build_denoiser
 from ..tracking.base import Tracker
 from ..traces.store import TraceReader
 from .. import checkpoint
@@ -108,7 +108,6 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         return x[:, -1:] if cfg.final_only else x
 
     k, l, c = trajectory(reader.load_shard(0, ["y", "z"])).shape[1:]
-    model = Denoiser(cfg.denoiser, k, l, c, teacher.vocab, prefix=layout.prefix, row_lag=row_lag_of(cfg)).to(device)
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -116,6 +115,10 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     if cfg.dynamics_weight:
         codec.check_dynamics()
     schedule = make_schedule(cfg.schedule, cfg.T, cfg.shift)
+    if cfg.denoiser.arch == "move" and projection is not None:
+        raise ValueError("denoiser arch move needs unprojected traces (traces.projection: none)")
+    model = build_denoiser(cfg, k, l, c, teacher.vocab, layout.prefix, teacher=teacher, stdz=stdz,
+                           schedule=schedule).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema, warmup=True)
     gen = torch.Generator().manual_seed(params.common.seed)
