@@ -163,6 +163,7 @@ def test_error_correcting_batches_are_built_from_detached_predictions(setup, mon
     model's own estimate one round noisier (made without autograd), and that estimate is the
     self-conditioning input; the loss still targets the true trajectory."""
     import tdrm.train.distill as distill
+    from tdrm.models.denoiser import Denoiser
     p, d, teacher = setup
     p = tiny_params({"distill": {**DISTILL, "steps": 2, "eval_every": 0, "self_correct_prob": 1.0,
                                  "denoiser": {**DISTILL["denoiser"], "self_cond": True}}})
@@ -175,12 +176,12 @@ def test_error_correcting_batches_are_built_from_detached_predictions(setup, mon
         return out
     monkeypatch.setattr(distill, "self_correct_input", spy)
     calls = []
-    orig = distill.Denoiser.forward
+    orig = Denoiser.forward
 
     def fwd(self, x_t, t, puzzle, x0_prev=None):
         calls.append((torch.is_grad_enabled(), x_t, x0_prev))
         return orig(self, x_t, t, puzzle, x0_prev)
-    monkeypatch.setattr(distill.Denoiser, "forward", fwd)
+    monkeypatch.setattr(Denoiser, "forward", fwd)
     train_distill(p, d / "tr", teacher, d / "sc.pt", progress=False)
     assert len(seen) == 2 and len(calls) == 4
     for i, (x0_hi, t_hi, t, x_hi, x_in) in enumerate(seen):
