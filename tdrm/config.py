@@ -169,7 +169,7 @@ class Distill:
 class RL:
     """GRPO on the reverse diffusion chain (issue 4, METHOD.md section 4)."""
 
-    estimator: str = "grpo"  # grpo (exact step log-probs, clipped ratio) | awm | rft | elbo (SPG-like ablation)
+    estimator: str = "grpo"  # grpo (exact step log-probs, clipped ratio) | awm | spg | rft | elbo (one-sided ablation)
     group_size: int = 16  # rollouts per puzzle (G)
     puzzles: int = 8  # puzzles per rollout batch
     steps: int = 200  # rollout batches
@@ -195,7 +195,9 @@ class RL:
     curriculum_power: float = 1.0  # rating: weight (1 + rating) ** power
     awm_levels: int = 4  # awm: stratified noise levels per clean sample per update
     awm_max_level: float = 0.9  # awm: levels drawn in [1, awm_max_level * T] (the noisiest end skipped)
-    anchor_beta: float = 0.1  # awm, rft: weight of the squared distance to the reference's prediction
+    spg_beta: float = 1.0  # spg: the upper bound's beta, (1/beta) log mean_levels exp(-beta err)
+    spg_mix: float = 0.5  # spg: negative samples minimise spg_mix * upper + (1 - spg_mix) * lower bound
+    anchor_beta: float = 0.1  # awm, spg, rft: weight of the squared distance to the reference's prediction
     eval_every: int = 50  # validation solve rate at the rollout setting (0 = off)
     val_limit: int = 200
     eval_steps: tuple[int, ...] = (1, 2, 4, 8, 20)  # accuracy against sampling steps, before and after

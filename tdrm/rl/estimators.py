@@ -47,6 +47,51 @@ def awm_loss(err: torch.Tensor, adv: torch.Tensor, anchor: torch.Tensor, beta: f
     return (adv[:, None] * err).mean() + beta * anchor.mean()
 
 
+def spg_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """SPG's advantages (arXiv 2510.09541, the public trainer): rewards (P, G) -> r - group mean, not
+    divided by any std (so a group's spread sets the step size); a constant group gets exactly 0."""
+    return rewards - rewards.mean(-1, keepdim=True)
+
+
+def spg_bounds(err: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sides of SPG's sandwich for a Gaussian denoiser: err (S, M), each sample's denoising
+    error (x0-MSE) at each of its M noise levels, taken as the negative per-level log-likelihood
+    term. Returns (lower, upper), each (S,):
+      lower = -mean_j err_j                               the ELBO surrogate (uniform weighting),
+      upper = (1/beta) log mean_j exp(-beta err_j)         the EUBO surrogate (Renyi-style),
+    with lower <= upper for every beta > 0 (Jensen), equal when the errors agree across levels;
+    beta -> 0 gives the ELBO, large beta the best level's error. The gradient of `upper` weights
+    each level by softmax(-beta err): it pushes hardest where the sample is matched best.
+    (SPG's masked-diffusion EUBO is (1/beta) log E_t[p_t^beta / t]; here the levels are drawn
+    stratified-uniform, so no 1/t weight.)"""
+    if beta <= 0:
+        raise ValueError(f"rl.spg_beta must be > 0, got {beta}")
+    m = err.shape[-1]
+    lower = -err.mean(-1)
+    upper = (torch.logsumexp(-beta * err, dim=-1) - np.log(m)) / beta
+    return lower, upper
+
+
+def spg_loss(err: torch.Tensor, adv: torch.Tensor, anchor: torch.Tensor, beta: float, mix: float,
+             anchor_beta: float) -> torch.Tensor:
+    """Sandwiched policy gradient (arXiv 2510.09541) over samples: err and anchor (S, M), adv (S,)
+    (`spg_advantages`). Each sample's log-likelihood surrogate is the lower bound when its advantage
+    is positive and, when it is <= 0, the mixture mix * upper + (1 - mix) * lower (SPG's `mix`
+    estimator; mix = 1 is its pure `eubo`); loss = -mean(adv * surrogate) + anchor_beta * mean(anchor).
+    Raising a lower bound of a good sample's likelihood raises the likelihood; lowering an UPPER
+    bound of a bad sample's lowers it (lowering a lower bound, the `elbo` ablation, need not).
+    The anchor to the frozen reference is not in SPG (which has no KL); it is kept as for awm,
+    since with x0-prediction nothing else bounds the push away from bad samples."""
+    if err.shape != anchor.shape or err.shape[0] != adv.shape[0]:
+        raise ValueError(f"err {tuple(err.shape)}, anchor {tuple(anchor.shape)} and adv {tuple(adv.shape)} "
+                         "must agree on samples (and levels)")
+    if not 0 <= mix <= 1:
+        raise ValueError(f"rl.spg_mix must be in [0, 1], got {mix}")
+    lower, upper = spg_bounds(err, beta)
+    surrogate = torch.where(adv > 0, lower, mix * upper + (1 - mix) * lower)  # (S,)
+    return -(adv * surrogate).mean() + anchor_beta * anchor.mean()
+
+
 def rft_keep(rewards: torch.Tensor) -> torch.Tensor:
     """Rejection-sampling fine-tuning's selection: rewards (P, G) -> (P, G) bool, the samples whose
     board passes the label-free validity check (the reward's solved term, reward >= 1)."""

@@ -17,7 +17,7 @@ from ..diffusion.logprob import gaussian_log_prob
 from ..diffusion.losses import sample_mse
 from ..diffusion.samplers import Sample, step_mean
 from ..diffusion.schedules import Schedule, q_sample
-from .estimators import awm_loss, stratified_levels
+from .estimators import awm_loss, spg_loss, stratified_levels
 from .grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl
 
 
@@ -161,6 +161,56 @@ def awm_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
     return _summarise(stats)
 
 
+def spg_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
+    """SPG (arXiv 2510.09541) with forward-process likelihood bounds: each rollout's clean sample x0,
+    re-noised at `rl.awm_levels` stratified levels in [1, awm_max_level * T] as for awm, gives its
+    per-level denoising errors; `spg_loss` maximises the lower bound (ELBO surrogate) of samples with
+    positive advantage (`spg_advantages`: r - group mean) and minimises the mixture
+    `rl.spg_mix` x upper (EUBO surrogate, `rl.spg_beta`) + (1 - spg_mix) x lower of the others, plus
+    `rl.anchor_beta` x the squared distance to the frozen reference's prediction. The upper bound
+    couples a sample's levels, so the samples are processed in chunks with all their levels in one
+    graph (memory of one level of the whole batch, as awm). No reverse-chain log-probs, ratio or clip."""
+    x0 = batch.sample.x0.detach()  # (S, R, L, C)
+    s, m = x0.shape[0], cfg.awm_levels
+    hi = max(1, round(cfg.awm_max_level * schedule.T))
+    t = stratified_levels(s, m, 1, hi, generator).to(x0.device)  # (S, M)
+    eps = torch.randn((m, *x0.shape), generator=generator).to(x0.device)
+    x_t = torch.stack([q_sample(x0, t[:, j], schedule, eps[j]) for j in range(m)], 1)  # (S, M, R, L, C)
+    chunk = max(1, s // m)
+    chunks = [slice(a, min(a + chunk, s)) for a in range(0, s, chunk)]
+
+    def errors(net, sl, target_ref=None):
+        """(err (s', M), anchor (s', M)) of samples `sl` at all their levels under `net`."""
+        n = sl.stop - sl.start
+        xt = x_t[sl].flatten(0, 1)  # (s' M, R, L, C)
+        tt = t[sl].flatten()
+        pz = batch.puzzle[sl].repeat_interleave(m, 0)
+        x0_hat = net(xt, tt, pz, None)
+        x0r = x0[sl].repeat_interleave(m, 0)
+        err = sample_mse(x0_hat, x0r).view(n, m)
+        anchor = sample_mse(x0_hat, target_ref).view(n, m) if target_ref is not None else None
+        return err, anchor, x0_hat
+
+    with torch.no_grad():
+        ref_hat = [errors(ref, sl)[2] for sl in chunks]
+    stats = []
+    for epoch in range(cfg.inner_epochs):
+        opt.zero_grad(set_to_none=True)
+        err_all, anchor_all, total = [], [], 0.0
+        for sl, rh in zip(chunks, ref_hat):
+            err, anchor, _ = errors(model, sl, rh)
+            loss = spg_loss(err, batch.adv[sl], anchor, cfg.spg_beta, cfg.spg_mix, cfg.anchor_beta)
+            loss = loss * (sl.stop - sl.start) / s  # chunk means -> the batch mean
+            loss.backward()
+            err_all.append(err.detach())
+            anchor_all.append(anchor.detach())
+            total += float(loss.detach())
+        err, anchor = torch.cat(err_all), torch.cat(anchor_all)  # (S, M)
+        stats.append({"policy_loss": total, "denoise_loss": float(err.mean()), "anchor": float(anchor.mean()),
+                      "grad_norm": _step(model, opt, cfg.grad_clip), "epoch": epoch})
+    return _summarise(stats)
+
+
 def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
     """Rejection-sampling fine-tuning, the baseline every estimator must beat at equal rollout
     budget: distillation's denoising loss (uniform weights, one random level per sample per
@@ -191,7 +241,7 @@ def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
     return _summarise(stats)
 
 
-UPDATES = {"grpo": grpo_update, "elbo": elbo_update, "awm": awm_update, "rft": rft_update}
+UPDATES = {"grpo": grpo_update, "elbo": elbo_update, "awm": awm_update, "spg": spg_update, "rft": rft_update}
 
 
 def _step(model, opt, grad_clip: float) -> float:

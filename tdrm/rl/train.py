@@ -1,11 +1,11 @@
-"""The RL stage's loop: an RL estimator (`rl.estimator`: grpo, awm, rft, or the elbo ablation) on a
+"""The RL stage's loop: an RL estimator (`rl.estimator`: grpo, awm, spg, rft, or the elbo ablation) on a
 distilled TDRM, with resume and evaluation.
 
 Each step draws `rl.puzzles` training puzzles (epoch e shuffled by rng (seed, 4, e); with
 `rl.curriculum: rating` a weighted shuffle that puts harder puzzles earlier), samples
 `rl.group_size` trajectories per puzzle with stochastic DDIM (`rl.sample_steps`, `rl.eta`,
-`rl.sde_window`), decodes and rewards them without labels, and updates the policy. grpo, awm and
-elbo drop groups whose rewards are all equal (zero advantage; counted as skipped), and with
+`rl.sde_window`), decodes and rewards them without labels, and updates the policy. grpo, awm, spg
+and elbo drop groups whose rewards are all equal (zero advantage; counted as skipped), and with
 `rl.filter_groups` replace them by fresh puzzles (more rollouts, counted in `rollout_puzzles`); rft
 keeps the samples that pass the validity check, from any group. The frozen reference is the
 distilled model itself.
@@ -33,7 +33,7 @@ from ..checkpoint import load_tdrm
 from ..diffusion.sampling import generate
 from ..diffusion.samplers import check_window
 from ..traces.store import sha256_file
-from .estimators import awm_advantages, curriculum_weights, rft_keep, weighted_order
+from .estimators import awm_advantages, curriculum_weights, rft_keep, spg_advantages, weighted_order
 from .grpo import group_advantages
 from .phase import UPDATES, Batch, concat, subset
 from .reward import reward
@@ -59,6 +59,10 @@ def _check(cfg) -> None:
         raise ValueError(f"rl.awm_levels must be >= 1, got {cfg.awm_levels}")
     if not 0 < cfg.awm_max_level <= 1:
         raise ValueError(f"rl.awm_max_level must be in (0, 1], got {cfg.awm_max_level}")
+    if cfg.spg_beta <= 0:
+        raise ValueError(f"rl.spg_beta must be > 0, got {cfg.spg_beta}")
+    if not 0 <= cfg.spg_mix <= 1:
+        raise ValueError(f"rl.spg_mix must be in [0, 1], got {cfg.spg_mix}")
     if cfg.anchor_beta < 0:
         raise ValueError(f"rl.anchor_beta must be >= 0, got {cfg.anchor_beta}")
 
@@ -83,7 +87,7 @@ def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, gener
         skipped = ~keep.any(-1)
     else:
         adv = awm_advantages(r, cfg.adv_eps, cfg.adv_clip) if cfg.estimator == "awm" else \
-            group_advantages(r, cfg.adv_eps, cfg.adv_clip)
+            spg_advantages(r) if cfg.estimator == "spg" else group_advantages(r, cfg.adv_eps, cfg.adv_clip)
         keep = varies[:, None].expand(-1, g)
         skipped = ~varies
     stats = {"reward_mean": float(r.mean()), "reward_std": float(r.std(-1, unbiased=False).mean()),

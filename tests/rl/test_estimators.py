@@ -1,8 +1,9 @@
-"""The forward-process estimators' pure pieces (awm, rft) against hand-computed cases."""
+"""The forward-process estimators' pure pieces (awm, spg, rft) against hand-computed cases."""
 import pytest
 import torch
 
-from tdrm.rl.estimators import awm_advantages, awm_loss, rft_keep, stratified_levels
+from tdrm.rl.estimators import (awm_advantages, awm_loss, rft_keep, spg_advantages, spg_bounds, spg_loss,
+                                 stratified_levels)
 
 
 def test_awm_advantages_centre_per_group_scale_by_the_batch_std_and_lie_in_unit_range():
@@ -56,6 +57,60 @@ def test_awm_loss_pulls_toward_positive_samples_and_the_anchor_bounds_the_push()
     assert f2.item() == pytest.approx(0.25, abs=1e-4)
     with pytest.raises(ValueError, match="must agree"):
         awm_loss(torch.zeros(2, 3), adv, torch.zeros(2, 2), 1.0)
+
+
+def test_spg_advantages_are_the_centred_rewards_without_any_std():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.3, 0.3, 0.3, 0.3], [1.1, 0.0, 0.0, 0.1]])
+    a = spg_advantages(r)
+    assert torch.allclose(a, torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.0] * 4, [0.8, -0.3, -0.3, -0.2]]))
+    assert torch.equal(a[1], torch.zeros(4))  # a constant group carries no signal, exactly
+
+
+def test_spg_bounds_sandwich_and_their_limits():
+    g = torch.Generator().manual_seed(0)
+    err = torch.rand(6, 4, generator=g) * 2
+    for beta in [0.01, 0.5, 1.0, 3.0]:
+        lo, up = spg_bounds(err, beta)
+        assert lo.shape == up.shape == (6,)
+        assert (up >= lo - 1e-6).all()  # Jensen: log-mean-exp >= mean
+        assert (up > lo + 1e-4).all() or beta == 0.01  # strictly above when the errors differ
+    lo, up = spg_bounds(err.double(), 1e-4)
+    assert torch.allclose(up, lo, atol=1e-4) and not torch.allclose(up, lo, atol=1e-7)  # beta -> 0: the ELBO surrogate
+    lo, up = spg_bounds(err, 200.0)
+    assert torch.allclose(up, -err.min(-1).values, atol=0.02)  # large beta: the best level
+    flat = torch.full((2, 4), 0.7)
+    lo, up = spg_bounds(flat, 2.0)
+    assert torch.allclose(lo, up) and torch.allclose(lo, torch.full((2,), -0.7))
+    # hand value: err (0, 1), beta 1: log((1 + e^-1) / 2)
+    assert spg_bounds(torch.tensor([[0.0, 1.0]]), 1.0)[1].item() == pytest.approx(float(torch.log(torch.tensor((1 + torch.e ** -1) / 2))))
+    with pytest.raises(ValueError, match="spg_beta"):
+        spg_bounds(err, 0.0)
+
+
+def test_spg_loss_uses_the_lower_bound_for_positives_and_the_mixture_for_negatives():
+    err = torch.tensor([[0.1, 0.9], [0.2, 1.0], [0.4, 0.4]], requires_grad=True)  # (S, M)
+    adv = torch.tensor([0.5, -0.5, 0.0])
+    anchor = torch.zeros(3, 2)
+    loss = spg_loss(err, adv, anchor, beta=1.0, mix=1.0, anchor_beta=0.0)
+    lo, up = spg_bounds(err.detach(), 1.0)
+    assert loss.item() == pytest.approx(float(-(0.5 * lo[0] - 0.5 * up[1]) / 3))
+    loss.backward()
+    # positive sample: d/d err = A / (3 M) on every level (the ELBO weights levels uniformly)
+    assert torch.allclose(err.grad[0], torch.full((2,), 0.5 / 6))
+    # negative sample, pure upper bound: weights softmax(-beta err), heaviest where the error is least
+    w = torch.softmax(-err.detach()[1], -1)
+    assert torch.allclose(err.grad[1], -0.5 / 3 * w) and err.grad[1, 0] < err.grad[1, 1] < 0
+    assert torch.equal(err.grad[2], torch.zeros(2))  # zero advantage: no gradient
+    # mix 0 is the one-sided ELBO ablation; mix 0.5 lies between
+    e0 = spg_loss(err.detach(), adv, anchor, 1.0, 0.0, 0.0)
+    e5 = spg_loss(err.detach(), adv, anchor, 1.0, 0.5, 0.0)
+    assert e0.item() == pytest.approx(float(-(0.5 * lo[0] - 0.5 * lo[1]) / 3))
+    assert e5.item() == pytest.approx((e0.item() + loss.item()) / 2)
+    assert spg_loss(err.detach(), adv, torch.ones(3, 2), 1.0, 0.0, 0.3).item() == pytest.approx(e0.item() + 0.3)
+    with pytest.raises(ValueError, match="spg_mix"):
+        spg_loss(err.detach(), adv, anchor, 1.0, 1.5, 0.0)
+    with pytest.raises(ValueError, match="must agree"):
+        spg_loss(err.detach(), adv, torch.zeros(3, 3), 1.0, 0.5, 0.0)
 
 
 def test_rft_keeps_exactly_the_solved_samples():

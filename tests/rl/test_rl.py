@@ -12,7 +12,7 @@ from tdrm.data.board import SHAPES, parse, to_tokens
 from tdrm.diffusion.logprob import gaussian_log_prob
 from tdrm.diffusion.schedules import make_schedule
 from tdrm.rl.grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl, group_advantages
-from tdrm.rl.estimators import awm_advantages
+from tdrm.rl.estimators import awm_advantages, spg_advantages
 from tdrm.rl.phase import Batch, UPDATES, grpo_update, step_log_prob, subset
 from tdrm.data.board import constraints, valid_boards as solved
 from tdrm.rl.reward import reward
@@ -111,7 +111,7 @@ def _toy_phase(estimator, phases=15, seed=0):
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     cfg = SimpleNamespace(clip=0.2, beta=0.0, eta=1.0, sigma_floor=0.0, inner_epochs=2, train_step_fraction=1.0,
                           grad_clip=0.0, elbo_negative_weight=0.5, elbo_trust=0.5, awm_levels=3, awm_max_level=0.9,
-                          anchor_beta=0.02)
+                          anchor_beta=0.02, spg_beta=1.0, spg_mix=0.5)
     gen = torch.Generator().manual_seed(seed)
     update = UPDATES[estimator]
     means = []
@@ -124,13 +124,13 @@ def _toy_phase(estimator, phases=15, seed=0):
             keep = (r.view(4, 8) >= r.view(4, 8).quantile(0.75, dim=-1, keepdim=True)).reshape(-1)
             batch = Batch(puzzle[keep], subset(s, keep.nonzero().squeeze(-1)), torch.ones(int(keep.sum())), False)
         else:
-            adv = (awm_advantages if estimator == "awm" else group_advantages)(r.view(4, 8)).reshape(-1)
+            adv = {"awm": awm_advantages, "spg": spg_advantages}.get(estimator, group_advantages)(r.view(4, 8)).reshape(-1)
             batch = Batch(puzzle, s, adv, False)
         update(model, ref, opt, batch, sched, cfg, gen)
     return means
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm", "rft"])
+@pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm", "spg", "rft"])
 def test_one_rl_phase_on_a_toy_problem_raises_the_mean_reward(estimator):
     a = _toy_phase(estimator)
     assert np.mean(a[-3:]) > np.mean(a[:3]) + 1.0, a  # starts near -2 (the point at 0, target at (1, -1))
@@ -213,9 +213,9 @@ def test_rl_stage_on_the_tiny_profile(distilled, tiny_params_file, tmp_path):
     assert not (tmp_path / "ck" / "rl-resume.pt").exists()
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm", "rft"])
+@pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm", "spg", "rft"])
 def test_rollout_batch_keeps_what_each_estimator_trains_on(distilled, estimator, monkeypatch):
-    """grpo / elbo / awm: the groups with reward variance, with their advantages; rft: the samples
+    """grpo / elbo / awm / spg: the groups with reward variance, with their advantages; rft: the samples
     that pass the validity check (reward >= 1), from any group, each with weight 1."""
     import tdrm.rl.train as T
     from tdrm.checkpoint import load_tdrm
@@ -235,7 +235,7 @@ def test_rollout_batch_keeps_what_each_estimator_trains_on(distilled, estimator,
     else:
         assert stats["skipped_groups"] == 2 and batch.adv.shape == (4,)
         kept = [4, 5, 6, 7]
-        adv = awm_advantages(fixed) if estimator == "awm" else group_advantages(fixed)
+        adv = {"awm": awm_advantages, "spg": spg_advantages}.get(estimator, group_advantages)(fixed)
         assert torch.allclose(batch.adv, adv[1])
     assert stats["trained_samples"] == len(kept) and batch.puzzle.shape[0] == len(kept)
     tokens = torch.as_tensor(to_tokens(train.puzzles[:3])).repeat_interleave(4, 0)
@@ -286,7 +286,7 @@ def test_rollouts_are_stochastic_only_inside_the_sde_window(distilled):
         assert [st.sigma > 0 for st in batch.sample.path] == noisy
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm"])  # rft's tiny model solves nothing: it would not move
+@pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm", "spg"])  # rft's tiny model solves nothing: it would not move
 def test_rl_resume_gives_identical_weights(distilled, tmp_path, estimator):
     from tdrm.rl.train import train_rl
     from tdrm import checkpoint
@@ -313,6 +313,7 @@ def test_rl_refuses_bad_settings(distilled, tmp_path):
     for over, msg in [({"estimator": "ppo"}, "rl.estimator"), ({"group_size": 1}, "group_size"),
                       ({"eta": 0.0, "estimator": "grpo"}, "stochastic rollouts"),
                       ({"sde_window": [0, 9]}, "stochastic window"),
-                      ({"awm_levels": 0}, "awm_levels"), ({"awm_max_level": 1.5}, "awm_max_level")]:
+                      ({"awm_levels": 0}, "awm_levels"), ({"awm_max_level": 1.5}, "awm_max_level"),
+                      ({"spg_beta": 0.0}, "spg_beta"), ({"spg_mix": -0.1}, "spg_mix")]:
         with pytest.raises(ValueError, match=msg):
             train_rl(tiny_params({"rl": over}), distilled / "tdrm.pt", distilled, tmp_path / "x.pt", progress=False)
