@@ -37,15 +37,19 @@ def load(path: str | Path, map_location="cpu") -> dict:
     return ck
 
 
-def restore(path, key: dict, device, model, ema, opt, generator) -> dict | None:
+def restore(path, key: dict, device, model, ema, opt, generator, world_size: int = 1) -> dict | None:
     """Load a resume checkpoint into model, EMA, optimizer and generator if it was written for
-    the same `key` (config, seed, data); returns it (for the loop's own state) or None."""
+    the same `key` (config, seed, data); returns it (for the loop's own state) or None. A
+    checkpoint of a run with another number of processes is refused (ValueError)."""
     if not path or not Path(path).is_file():
         return None
     ck = load(path, map_location=device)
     if ck.get("resume_key") != key:
         print(f"ignoring {path}: it belongs to another config or dataset")
         return None
+    if ck.get("world_size", 1) != world_size:
+        raise ValueError(f"{path} was written by a run of {ck.get('world_size', 1)} processes; resume it with "
+                         f"the same number (dist.nproc x nodes), not {world_size}, or delete it to start afresh")
     model.load_state_dict(ck["model"])
     ema.load_state_dict(ck["ema"], ck["step"])
     opt.load_state_dict(ck["optimizer"])
@@ -54,10 +58,11 @@ def restore(path, key: dict, device, model, ema, opt, generator) -> dict | None:
     return ck
 
 
-def finish(save, out_path, resume_path) -> None:
-    """End of a training loop: `save(path, final=True)` to `out_path`, then drop the resume file."""
+def finish(save, out_path, resume_path, main: bool = True) -> None:
+    """End of a training loop: `save(path, final=True)` to `out_path`, then drop the resume file
+    (the file work on the main rank only; `save` is called on every rank, it may gather)."""
     save(Path(out_path), final=True)
-    if resume_path and Path(resume_path).is_file():
+    if main and resume_path and Path(resume_path).is_file():
         Path(resume_path).unlink()
 
 

@@ -206,6 +206,16 @@ class RL:
 
 
 @dataclass(frozen=True)
+class Dist:
+    """Data parallelism (issue 15). A launch setting, not a hyperparameter: dvc.yaml's training
+    commands read `dist.nproc` from the top level of params.yaml by templating
+    (`torchrun --nproc_per_node ${dist.nproc}`), so profiles cannot set it."""
+
+    nproc: int = 1  # processes per node (GPUs per node on CUDA); 1 = no process group
+    timeout_s: float = 1800.0  # collectives time out after this: a dead rank ends the job, no hang
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str
     common: Common
@@ -215,10 +225,12 @@ class Params:
     traces: Traces = field(default_factory=Traces)
     distill: Distill = field(default_factory=Distill)
     rl: RL = field(default_factory=RL)
+    dist: Dist = field(default_factory=Dist)
 
 
 SECTIONS = {"common": Common, "data": Data, "teacher": Teacher, "evaluate": Evaluate, "traces": Traces,
-            "distill": Distill, "rl": RL}
+            "distill": Distill, "rl": RL, "dist": Dist}
+LAUNCH_ONLY = ("dist",)  # top-level only: read by dvc.yaml templating, never by a profile
 
 
 def _build(cls, raw, where: str):
@@ -312,6 +324,9 @@ def from_dict(raw: dict, overrides: dict | None = None) -> Params:
         if not isinstance(entries, dict):
             raise ConfigError(f"profiles.{name}: expected a mapping of sections, got {type(entries).__name__}")
         for k in entries:
+            if k in LAUNCH_ONLY:
+                raise ConfigError(f"profiles.{name}: {k!r} cannot be set by a profile (dvc.yaml reads {k}.nproc from the "
+                                  f"top level of params.yaml); set it there, e.g. dvc exp run -S {k}.nproc=2")
             if k not in SECTIONS:
                 raise ConfigError(f"profiles.{name}: unknown section {_suggest(k, SECTIONS)}; allowed: {sorted(SECTIONS)}")
         try:

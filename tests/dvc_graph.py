@@ -31,9 +31,13 @@ if _log and sys.argv and sys.argv[0].endswith(".py") and \\
 '''
 
 
+def script_of(cmd: str) -> str:
+    """The stage script of a dvc.yaml command (`python stages/x.py ...` or `torchrun ... stages/x.py ...`)."""
+    return next(w for w in cmd.split() if w.endswith(".py"))
+
+
 def log_name(cmd: str) -> str:
-    script = cmd.split()[1]
-    return Path(script).stem + ("_control" if "--final-only" in cmd else "")
+    return Path(script_of(cmd)).stem + ("_control" if "--final-only" in cmd else "")
 
 
 def code_deps(log: Path, script: str, roots=(ROOT,)) -> set[str]:
@@ -88,7 +92,7 @@ def rewrite_deps(logs: Path, path: Path = ROOT / "dvc.yaml") -> None:
             cur = m.group(1)
         if ln.startswith("    deps:") and cur in stages:
             st = stages[cur]
-            code = minimal_deps(code_deps(Path(logs) / f"{log_name(st['cmd'])}.json", st["cmd"].split()[1]))
+            code = minimal_deps(code_deps(Path(logs) / f"{log_name(st['cmd'])}.json", script_of(st["cmd"])))
             data = [d for d in st["deps"] if d.split("/")[0] not in (*CODE, "stages")]
             out.append("    deps:")
             out += [f"      - {d}" for d in [c for c in code if c.startswith("stages/")] + data

@@ -74,6 +74,18 @@ def test_inactive_profile_entries_are_validated(params_raw):
         config.from_dict(params_raw)
 
 
+def test_dist_is_a_top_level_launch_setting_that_profiles_cannot_set(params_raw):
+    p = config.from_dict(params_raw)
+    assert (p.dist.nproc, p.dist.timeout_s) == (1, 1800.0)  # what dvc.yaml's ${dist.nproc} reads
+    params_raw["profiles"]["paper"]["dist"] = {"nproc": 8}
+    with pytest.raises(config.ConfigError, match=r"profiles.paper: 'dist' cannot be set by a profile.*-S dist.nproc=2"):
+        config.from_dict(params_raw)
+    params_raw["profiles"]["paper"].pop("dist")
+    params_raw["dist"]["nprocs"] = 2
+    with pytest.raises(config.ConfigError, match="dist: unknown key 'nprocs' \\(did you mean 'nproc'\\?\\)"):
+        config.from_dict(params_raw)
+
+
 def test_unknown_key_names_the_closest_valid_one(params_raw):
     params_raw["distill"]["row_nosie"] = "rolling"
     with pytest.raises(config.ConfigError, match="distill: unknown key 'row_nosie' \\(did you mean 'row_noise'\\?\\)"):

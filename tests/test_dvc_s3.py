@@ -59,12 +59,12 @@ def _git(proj, *args):
 def _check_graph(logs):
     """Each stage's code deps in dvc.yaml are exactly the project modules its run imported (plus its
     script); the report stage declares every metrics and plot file the other stages write."""
-    from .dvc_graph import code_deps, declared_code, log_name
+    from .dvc_graph import code_deps, declared_code, log_name, script_of
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, st in stages.items():
         log = logs / f"{log_name(st['cmd'])}.json"
         assert log.exists(), f"stage {name} did not run"
-        used, declared = code_deps(log, st["cmd"].split()[1]), declared_code(st["deps"])
+        used, declared = code_deps(log, script_of(st["cmd"])), declared_code(st["deps"])
         assert declared == used, (f"stage {name}: declared but not imported {sorted(declared - used)}; "
                                   f"imported but not declared {sorted(used - declared)}")
         assert "pyproject.toml" not in st["deps"]
@@ -134,7 +134,7 @@ def test_exp_run_with_set_params_and_exp_show(tmp_path):
     proj = _scratch_project(tmp_path)
     _git(proj, "add", "-A")
     _git(proj, "commit", "-qm", "scratch")
-    _dvc(proj, "exp", "run", "-S", "teacher.lr=0.002", "-S", "rl.group_size=2", "-n", "lr2e-3-g2")
+    _dvc(proj, "exp", "run", "-S", "teacher.lr=0.002", "-S", "rl.group_size=2", "-S", "dist.nproc=2", "-n", "lr2e-3-g2")
     shown = json.loads(_dvc(proj, "exp", "show", "--json"))
     exps = [e for rev in shown for e in (rev.get("experiments") or [])]
     names = [e.get("name") for e in exps]
@@ -142,7 +142,7 @@ def test_exp_run_with_set_params_and_exp_show(tmp_path):
     exp = next(e for e in exps if e.get("name") == "lr2e-3-g2")
     data = exp["revs"][0]["data"]
     params = data["params"]["params.yaml"]["data"]
-    assert params["teacher"]["lr"] == 0.002 and params["rl"]["group_size"] == 2
+    assert params["teacher"]["lr"] == 0.002 and params["rl"]["group_size"] == 2 and params["dist"]["nproc"] == 2
     metrics = data["metrics"]["metrics/teacher.json"]["data"]
     # the experiment's own teacher metrics: an accuracy over its 100 test puzzles is k / 100
     assert metrics["n"] == 100 and abs(100 * metrics["exact"] - round(100 * metrics["exact"])) < 1e-9
@@ -156,6 +156,13 @@ def test_exp_run_with_set_params_and_exp_show(tmp_path):
     for stage, m in (("evaluate", metrics), ("rl", rl)):  # metrics/teacher.json comes from evaluate
         rec = runs.load(str(m["sacred_run_id"])).record
         assert (rec["stage"], rec["dvc_exp"], rec["dvc_baseline"], rec["status"]) == (stage, "lr2e-3-g2", head, "COMPLETED")
+    # dist.nproc = 2: teacher, distill and the control trained under torchrun on 2 gloo processes, and
+    # each wrote one metrics file and one Sacred run (rank 0's), which records the launch
+    for stage, name in (("teacher", "teacher_train"), ("distill", "distill_train"), ("distill_control", "distill_k1_train")):
+        trained = data["metrics"][f"metrics/{name}.json"]["data"]
+        assert trained["world_size"] == 2, stage
+        (run,) = [runs.load(i) for i in runs.ids() if runs.load(i).record["stage"] == stage]
+        assert run.config["dist"] == {"world_size": 2, "backend": "gloo", "nodes": 1}, stage
 
 
 def test_exp_run_temp_records_the_experiment_in_sacred(tmp_path):

@@ -112,6 +112,11 @@ class TRM(nn.Module):
         return logits, q
 
     # -- one supervision step -------------------------------------------------------------
+    def forward(self, y: torch.Tensor, z: torch.Tensor, tokens: torch.Tensor):
+        """One supervision step from the puzzle tokens (B, C): `step(y, z, input_embedding(tokens))`.
+        The training step calls the model through this, so DistributedDataParallel sees the call."""
+        return self.step(y, z, self.input_embedding(tokens))
+
     def step(self, y: torch.Tensor, z: torch.Tensor, x: torch.Tensor):
         """T cycles; grad flows through the last one only. Returns (y, z, logits, q)."""
         with torch.no_grad():

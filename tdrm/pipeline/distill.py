@@ -7,6 +7,8 @@ from pathlib import Path
 from .. import config
 from ..checkpoint import load_teacher
 from ..device import resolve_device, set_threads
+from ..dist import setup, teardown
+from ..tracking.base import Tracker
 from .common import _finish, _tracked, _write_csv
 
 def distill_stage(params_path: str, traces_dir: str, teacher_path: str, model_out: str, metrics_path: str,
@@ -20,16 +22,22 @@ def distill_stage(params_path: str, traces_dir: str, teacher_path: str, model_ou
     if final_only:
         p = dataclasses.replace(p, distill=dataclasses.replace(p.distill, final_only=True))
     set_threads(p.common.threads)
-    device = resolve_device(p.common.device)
+    world, device = setup(resolve_device(p.common.device), p.dist.timeout_s)  # torchrun's ranks, or one process
     name = "distill_control" if final_only else "distill"
 
     def run(tracker):
         teacher, _ = load_teacher(teacher_path, device)
         res = train_distill(p, traces_dir, teacher, model_out, resume_path=Path(resume_dir) / f"{name}-resume.pt",
-                            tracker=tracker)
-        _write_csv(plot_path, res.pop("history"))
-        metrics = {"profile": p.profile, **res, "sacred_run_id": tracker.run_id}
+                            tracker=tracker, world=world, device=device)
+        history = res.pop("history")
+        if not world.main:  # rank 0 writes the files and the Sacred run
+            return res
+        _write_csv(plot_path, history)
+        metrics = {"profile": p.profile, **res, "world_size": world.size, "sacred_run_id": tracker.run_id}
         return _finish(tracker, metrics_path, metrics)
 
-    cfg = {"profile": p.profile, "common": asdict(p.common), "distill": asdict(p.distill)}
-    return _tracked(name, cfg, p.common.seed, run)
+    cfg = {"profile": p.profile, "common": asdict(p.common), "distill": asdict(p.distill), "dist": world.record()}
+    try:
+        return _tracked(name, cfg, p.common.seed, run) if world.main else run(Tracker())
+    finally:
+        teardown(world)

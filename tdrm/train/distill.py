@@ -5,6 +5,12 @@ decoded from the predicted last step through the frozen teacher lm_head (Diffusi
 term) + dynamics_weight * the mean squared gap between each predicted step and one teacher move
 from the predicted step before it (`Codec.dynamics_residual`; skipped when the weight is 0). Trajectory batches stream from the sharded traces, epoch e shuffled by rng (seed, e); the
 resume checkpoint keeps weights, EMA, optimizer, generator and (epoch, batch) position.
+
+Data parallel (`world` of several ranks, under torchrun): every rank reads the same global batch of
+`distill.batch` trajectories and draws its noise levels, noise and coin flips for the whole batch
+from the same generator, then keeps its rows `dist.rows(B, world)`; DDP averages the gradients
+(the loss scaled by `dist.loss_scale`, exact also for an epoch's short last batch), so the run equals
+the one-process run up to floating-point summation order. Rank 0 evaluates and writes.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from tqdm import tqdm
 from ..config import Params
 from ..data.board import to_tokens
 from ..device import maybe_compile, resolve_device
+from ..dist import SINGLE, World, all_mean, barrier, loss_scale, per_rank_batch, rows, wrap
 from ..diffusion.losses import distillation_loss
 from ..diffusion.samplers import row_step
 from ..diffusion.sampling import generate
@@ -85,10 +92,13 @@ def _batches(reader: TraceReader, batch: int, seed: int, epoch: int):
 
 def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str | Path, *,
                   resume_path: str | Path | None = None, tracker: Tracker | None = None,
-                  progress: bool = True, log_every: int = 50) -> dict:
-    """`teacher` is the frozen TRM (EMA weights). Writes the final checkpoint, returns metrics."""
+                  progress: bool = True, log_every: int = 50, world: World = SINGLE,
+                  device: torch.device | None = None) -> dict:
+    """`teacher` is the frozen TRM (EMA weights). Writes the final checkpoint, returns metrics.
+    `world`: this rank's place in a data-parallel job (`tdrm.dist.setup`); only rank 0 writes."""
     cfg, tracker = params.distill, tracker or Tracker()
-    device = resolve_device(params.common.device)
+    device = device or resolve_device(params.common.device)
+    per_rank_batch(cfg.batch, world, "distill.batch")
     traces_dir = Path(traces_dir)
     reader, val = TraceReader(traces_dir / "train"), TraceReader(traces_dir / "val")
     dtype = reader.header["config"]["dtype"]
@@ -125,7 +135,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     step, epoch, pos, history = 0, 0, 0, []
     key = {"distill": asdict(cfg), "seed": params.common.seed, "traces": reader.manifest["header"]}
     resume_path = Path(resume_path) if resume_path else None
-    ck = checkpoint.restore(resume_path, key, device, model, ema, opt, gen)
+    ck = checkpoint.restore(resume_path, key, device, model, ema, opt, gen, world_size=world.size)
     if ck is not None:
         step, epoch, pos, history = ck["step"], ck["epoch"], ck["pos"], ck["history"]
     vdata = val.load_shard(0, ["y", "z", "puzzle", "solution"])
@@ -141,12 +151,14 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         return float(right.all(-1).float().mean()), float(right.float().mean())
 
     def save(path: Path, final: bool) -> None:
+        if not world.main:
+            return
         payload = {"kind": "tdrm", "model": model.state_dict(), "ema": ema.state_dict(), "step": step,
                    "config": {"distill": asdict(cfg), "common": asdict(params.common), "profile": params.profile},
                    "shape": [k, l, c], "layout": asdict(layout), "stats": stdz.state_dict(), "projection": projection,
                    "teacher": {"model": teacher.state_dict(), "config": asdict(teacher.cfg),
                                "cells": teacher.cells, "vocab": teacher.vocab},
-                   "traces_header": reader.manifest["header"], "history": history}
+                   "traces_header": reader.manifest["header"], "history": history, "world_size": world.size}
         if not final:
             payload.update(optimizer=opt.state_dict(), generator=gen.get_state(), epoch=epoch, pos=pos,
                            resume_key=key)
@@ -160,9 +172,9 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             return warmup_cosine(i, cfg.lr, cfg.warmup, cfg.steps)
         return warmup_constant(i, cfg.lr, cfg.warmup)
 
-    net = maybe_compile(model, params.common.compile)  # the training calls; weights shared with model
+    net = maybe_compile(wrap(model, world, device), params.common.compile)  # the training calls (DDP over ranks)
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress, mininterval=2)
+    bar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress or not world.main, mininterval=2)
     it, window = None, []
     model.train()
     while step < cfg.steps:
@@ -175,16 +187,18 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             it, epoch, pos = None, epoch + 1, 0
             continue
         pos += 1
-        x0 = stdz.forward(trajectory(batch)).to(device)  # (B, K, L, C)
-        puzzle = torch.as_tensor(to_tokens(batch["puzzle"]), device=device)  # (B, L)
+        x0 = stdz.forward(trajectory(batch))  # (B, K, L, C), the global batch
+        b = x0.shape[0]
+        t, t_hi = draw_levels(cfg, b, x0.shape[1], gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        mine = rows(b, world)  # this rank's rows (all of them in one process)
+        x0, t, t_hi, eps = x0[mine].to(device), t[mine].to(device), t_hi[mine].to(device), eps[mine].to(device)
+        batch = {name: v[mine] for name, v in batch.items()}
+        puzzle = torch.as_tensor(to_tokens(batch["puzzle"]), device=device)  # (b, L)
         if cfg.ce_target == "solution":
             target = torch.as_tensor(to_tokens(batch["solution"]), device=device)
         else:
             target = torch.as_tensor(batch["logits"][:, -1].argmax(-1), device=device).long()
-        b = x0.shape[0]
-        t, t_hi = draw_levels(cfg, b, x0.shape[1], gen)
-        t, t_hi = t.to(device), t_hi.to(device)
-        eps = torch.randn(x0.shape, generator=gen).to(device)
         x_t = q_sample(x0, t, schedule, eps)
         prev = None
         if cfg.self_correct_prob and torch.rand((), generator=gen).item() < cfg.self_correct_prob:
@@ -214,6 +228,8 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
+        if world.distributed:  # DDP averages over ranks: make that the mean over the global batch
+            loss = loss * loss_scale(x0.shape[0], b, world)
         loss.backward()
         opt.step()
         ema.update(model)
@@ -221,12 +237,12 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         bar.update(1)
         window.append((mse.item(), ce.item(), dyn.item()))
         if step % log_every == 0 or step == cfg.steps:
-            row = {"step": step, "mse": float(np.mean([w[0] for w in window])),
-                   "ce": float(np.mean([w[1] for w in window])), "minutes": (time.perf_counter() - t0) / 60}
+            means = all_mean([float(np.mean([w[i] for w in window])) for i in range(3)], world)  # over ranks
+            row = {"step": step, "mse": means[0], "ce": means[1], "minutes": (time.perf_counter() - t0) / 60}
             if cfg.dynamics_weight:
-                row["dynamics"] = float(np.mean([w[2] for w in window]))
+                row["dynamics"] = means[2]
             window = []
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if world.main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 row["val_exact_ema"], row["val_cell_ema"] = evaluate_ema()
                 model.train()
             tracker.log_row("distill", row)
@@ -235,7 +251,8 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         if resume_path and cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
             save(resume_path, final=False)
     bar.close()
-    checkpoint.finish(save, out_path, resume_path)
+    checkpoint.finish(save, out_path, resume_path, world.main)
+    barrier(world)
     last = history[-1] if history else {}
     return {"steps": step, "minutes": (time.perf_counter() - t0) / 60, "final_mse": last.get("mse"),
             "final_ce": last.get("ce"), "val_exact_accuracy_ema": last.get("val_exact_ema"),

@@ -6,6 +6,11 @@ random minimum of 2..N_sup steps is forced first) is refilled with a fresh puzzl
 initial states. Everything the run depends on (weights, EMA, optimizer, carry, data stream and
 generator states) goes into the resume checkpoint, so a killed run resumed from it ends with
 the same weights as an uninterrupted one.
+
+Data parallel (`world` of several ranks, under torchrun): rank r holds the slots `dist.rows(B, world)`
+of the global batch B; the halted mask is gathered so every rank refills from the same stream in
+the same order, and halting draws its random numbers for all B slots, so the run equals the
+one-process run up to floating-point summation order. Gradients are averaged by DDP; rank 0 writes.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from ..data.board import to_tokens
 from ..data.dataset import load_meta, load_split
 from ..data.stream import PuzzleStream
 from ..device import maybe_compile, resolve_device
+from ..dist import SINGLE, World, all_mean, barrier, gather_rows, per_rank_batch, rows, wrap
 from ..eval.teacher import evaluate
 from ..models.losses import TRM_STATS, trm_loss_terms
 from ..models.trm import TRM, count_params
@@ -47,13 +53,22 @@ def new_carry(model: TRM, batch: int, cells: int, device) -> Carry:
                  torch.ones(batch, dtype=torch.bool, device=device), zeros, zeros.clone())
 
 
-def refill(carry: Carry, model: TRM, stream: PuzzleStream) -> Carry:
-    """Give halted slots a new puzzle and the initial y/z."""
-    idx = torch.nonzero(carry.halted).squeeze(-1)
+def refill(carry: Carry, model: TRM, stream: PuzzleStream, world: World = SINGLE) -> Carry:
+    """Give halted slots a new puzzle and the initial y/z. With several ranks every rank draws the
+    puzzles of ALL halted slots of the global batch (in global slot order) and keeps its own."""
+    halted = gather_rows(carry.halted, world)  # (B_global,)
+    idx = torch.nonzero(halted).squeeze(-1)
     if len(idx) == 0:
         return carry
     p, s = stream.next(len(idx))
+    if world.distributed:
+        sl = rows(len(halted), world)
+        mine = ((idx >= sl.start) & (idx < sl.stop)).cpu().numpy()
+        idx, p, s = idx[torch.as_tensor(mine)] - sl.start, p[mine], s[mine]
+        if len(idx) == 0:
+            return carry
     dev = carry.y.device
+    idx = idx.to(dev)
     carry.tokens[idx] = torch.as_tensor(to_tokens(p), device=dev)
     carry.labels[idx] = torch.as_tensor(to_tokens(s), device=dev)
     carry.y[idx] = model.y_init.to(carry.y.dtype)
@@ -64,23 +79,27 @@ def refill(carry: Carry, model: TRM, stream: PuzzleStream) -> Carry:
 
 
 def halting(q: torch.Tensor, steps: torch.Tensor, n_sup: int, explore: float,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: torch.Generator, world: World = SINGLE, total: int | None = None) -> torch.Tensor:
     """Which slots halt after this step: q > 0 or N_sup reached; exploration forces a random
     minimum of 2..N_sup steps on a fraction `explore` of slots (TRM/HRM ACT). Randomness is drawn
-    on the CPU generator so runs repeat on any device."""
-    b = q.shape[0]
+    on the CPU generator so runs repeat on any device; with several ranks it is drawn for all
+    `total` slots of the global batch and each rank keeps its rows."""
+    b = q.shape[0] if total is None else total
     rand = torch.rand(b, generator=generator)
     min_steps = torch.randint(2, n_sup + 1, (b,), generator=generator)
+    if total is not None:
+        sl = rows(total, world)
+        rand, min_steps = rand[sl], min_steps[sl]
     min_steps = torch.where(rand < explore, min_steps, torch.zeros_like(min_steps)).to(q.device)
     return (steps >= n_sup) | ((q > 0) & (steps >= min_steps))
 
 
 def train_forward(model: TRM, y: torch.Tensor, z: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor,
                   q_weight: float):
-    """One supervision step's forward and loss (what `common.compile` compiles): the new (y, z),
+    """One supervision step's forward and loss (what `common.compile` compiles; `model` is the TRM or
+    its DistributedDataParallel wrapper): the new (y, z),
     the halting logit q (B,), the loss and its stats (TRM_STATS order)."""
-    x = model.input_embedding(tokens)  # (B, L, D)
-    y, z, logits, q = model.step(y, z, x)
+    y, z, logits, q = model(y, z, tokens)  # TRM.forward: embedding + one supervision step (DDP-wrapped or not)
     loss, terms, _ = trm_loss_terms(logits, q, labels, q_weight)
     return y, z, q, loss, terms
 
@@ -96,10 +115,13 @@ def _resume_key(params: Params, meta: dict) -> dict:
 
 def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
                   resume_path: str | Path | None = None, tracker: Tracker | None = None,
-                  progress: bool = True, log_every: int = 50) -> dict:
-    """Train, write the final checkpoint to `out_path`, return summary metrics and the curve."""
+                  progress: bool = True, log_every: int = 50, world: World = SINGLE,
+                  device: torch.device | None = None) -> dict:
+    """Train, write the final checkpoint to `out_path`, return summary metrics and the curve.
+    `world`: this rank's place in a data-parallel job (`tdrm.dist.setup`); only rank 0 writes."""
     cfg, tracker = params.teacher, tracker or Tracker()
-    device = resolve_device(params.common.device)
+    device = device or resolve_device(params.common.device)
+    local_batch = per_rank_batch(cfg.batch, world, "teacher.batch")
     meta = load_meta(data_dir)
     train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
     shape = train.shape
@@ -111,40 +133,46 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
     ema = EMA(model, cfg.ema)
     stream = PuzzleStream(train.puzzles, train.solutions, shape, params.common.seed, cfg.augment)
     gen = torch.Generator().manual_seed(params.common.seed)
-    carry = new_carry(model, cfg.batch, shape.cells, device)
+    carry = new_carry(model, local_batch, shape.cells, device)
     step, history, elapsed = 0, [], 0.0
     resume_path = Path(resume_path) if resume_path else None
     key = _resume_key(params, meta)
-    ck = checkpoint.restore(resume_path, key, device, model, ema, opt, gen)
+    ck = checkpoint.restore(resume_path, key, device, model, ema, opt, gen, world_size=world.size)
     if ck is not None:
         stream.load_state(ck["stream"])
-        carry = Carry(**{k: v.to(device) for k, v in ck["carry"].items()})
+        mine = rows(cfg.batch, world)  # the checkpoint holds the global carry
+        carry = Carry(**{k: v[mine].to(device) for k, v in ck["carry"].items()})
         step, history, elapsed = ck["step"], ck["history"], ck["elapsed"]
 
     def save(path: Path, final: bool) -> None:
+        """Every rank calls it (the carry is gathered); rank 0 writes."""
+        global_carry = None if final else {k: gather_rows(v, world).cpu() for k, v in asdict(carry).items()}
+        if not world.main:
+            return
         payload = {"kind": "teacher", "model": model.state_dict(), "ema": ema.state_dict(),
                    "step": step, "config": {"teacher": asdict(cfg), "common": asdict(params.common),
                                             "profile": params.profile},
-                   "data_meta": meta, "history": history, "elapsed": elapsed}
+                   "data_meta": meta, "history": history, "elapsed": elapsed, "world_size": world.size}
         if not final:
             payload.update(optimizer=opt.state_dict(), stream=stream.state(), generator=gen.get_state(),
-                           carry={k: v.cpu() for k, v in asdict(carry).items()}, resume_key=key)
+                           carry=global_carry, resume_key=key)
         else:
             payload.update(optimizer=opt.state_dict())
         checkpoint.save(path, payload)
 
+    net = wrap(model, world, device)  # DDP over ranks (the model itself in one process)
     forward = maybe_compile(train_forward, params.common.compile)
     model.train()
     t_start = time.perf_counter() - elapsed
-    bar = tqdm(total=cfg.steps, initial=step, desc="teacher", disable=not progress, mininterval=2)
+    bar = tqdm(total=cfg.steps, initial=step, desc="teacher", disable=not progress or not world.main, mininterval=2)
     window: list[dict] = []
     last_val = float("nan")
     while step < cfg.steps:
-        carry = refill(carry, model, stream)
+        carry = refill(carry, model, stream, world)
         lr = warmup_constant(step, cfg.lr, cfg.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        y, z, q, loss, terms = forward(model, carry.y, carry.z, carry.tokens, carry.labels, cfg.q_loss_weight)
+        y, z, q, loss, terms = forward(net, carry.y, carry.z, carry.tokens, carry.labels, cfg.q_loss_weight)
         stats = dict(zip(TRM_STATS, terms.tolist()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,7 +182,8 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
         ema.update(model)
         with torch.no_grad():
             carry.steps += 1
-            carry.halted = halting(q.detach(), carry.steps, cfg.model.n_sup, cfg.model.halt_explore, gen)
+            carry.halted = halting(q.detach(), carry.steps, cfg.model.n_sup, cfg.model.halt_explore, gen,
+                                   world, cfg.batch if world.distributed else None)
             carry.y, carry.z = y.detach(), z.detach()
         step += 1
         stats["halt_steps"] = float(carry.steps[carry.halted].float().mean()) if carry.halted.any() else float("nan")
@@ -162,11 +191,12 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
         bar.update(1)
         if step % log_every == 0 or step == cfg.steps:
             avg = {k: _mean([w[k] for w in window]) for k in window[0]}
+            avg = dict(zip(avg, all_mean(list(avg.values()), world)))  # over ranks (equal slots)
             avg.update(step=step, lr=lr, minutes=(time.perf_counter() - t_start) / 60)
             window = []
             for k in ("lm_loss", "q_loss", "cell_acc", "exact_acc", "halt_steps"):
                 tracker.log_scalar(f"train.{k}", avg[k], step)
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if world.main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 res = evaluate(ema.model, val, cfg.batch * 2, device)
                 avg["val_exact_ema"] = res["exact_accuracy"]
                 tracker.log_scalar("val.exact_accuracy_ema", res["exact_accuracy"], step)
@@ -180,7 +210,8 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
             save(resume_path, final=False)
     bar.close()
     elapsed = time.perf_counter() - t_start
-    checkpoint.finish(save, out_path, resume_path)
+    checkpoint.finish(save, out_path, resume_path, world.main)
+    barrier(world)
     last_val = next((h["val_exact_ema"] for h in reversed(history) if "val_exact_ema" in h), None)
     return {"steps": step, "minutes": elapsed / 60, "params": count_params(model),
             "final_lm_loss": history[-1]["lm_loss"] if history else None,

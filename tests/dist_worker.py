@@ -1,0 +1,55 @@
+"""One rank of the data-parallel tests (tests/train/test_dist.py), launched by torchrun:
+
+    python -m torch.distributed.run --standalone --nproc_per_node N tests/dist_worker.py \
+        MODE DIR OUT [CRASH_RANK CRASH_STEP]
+
+MODE teacher: the tiny teacher on the dataset in DIR; distill: the tiny denoiser on DIR/tr with
+the teacher DIR/t.pt. OUT is the final checkpoint; the resume file is OUT + ".resume". With
+CRASH_RANK and CRASH_STEP, that rank dies (os._exit(3)) when step CRASH_STEP is logged.
+"""
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from tdrm.dist import setup, teardown
+from tdrm.tracking.base import Tracker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.conftest import tiny_params  # noqa: E402
+
+TEACHER = {"teacher": {"steps": 8, "eval_every": 0, "ckpt_every": 4, "warmup": 4}}
+DISTILL = {"distill": {"steps": 12, "eval_every": 0, "ckpt_every": 4, "batch": 32}}
+
+
+class Crash(Tracker):
+    def __init__(self, rank: int, at: int):
+        self.rank, self.at = rank, at
+
+    def log_scalar(self, name, value, step):
+        if step == self.at and self.rank == int(os.environ.get("RANK", "0")):
+            os._exit(3)
+
+
+def main(mode: str, d: str, out: str, crash: tuple[int, int] | None = None) -> None:
+    torch.set_num_threads(1)
+    world, device = setup(torch.device("cpu"), timeout_s=60)
+    tracker = Crash(*crash) if crash else Tracker()
+    d = Path(d)
+    if mode == "teacher":
+        from tdrm.train.teacher import train_teacher
+        train_teacher(tiny_params(TEACHER), d, out, resume_path=out + ".resume", tracker=tracker, progress=False,
+                      log_every=1, world=world, device=device)
+    else:
+        from tdrm.checkpoint import load_teacher
+        from tdrm.train.distill import train_distill
+        teacher, _ = load_teacher(d / "t.pt")
+        train_distill(tiny_params(DISTILL), d / "tr", teacher, out, resume_path=out + ".resume", tracker=tracker,
+                      progress=False, log_every=1, world=world, device=device)
+    teardown(world)
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    main(a[0], a[1], a[2], (int(a[3]), int(a[4])) if len(a) > 3 else None)
