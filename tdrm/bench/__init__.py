@@ -1,4 +1,4 @@
-"""Benchmarks that print tables: `python -m tdrm.bench trm`, `solver`, `tdrm` and `kernels`.
+"""Benchmarks that print tables: `python -m tdrm.bench trm`, `solver`, `tdrm`, `scaling` and `kernels`.
 
 trm: training throughput (samples x supervision steps per second), inference puzzles per second
 and peak memory, for the params profiles (default: the shipped default profile and the paper
@@ -11,6 +11,8 @@ decides the board (accuracy by denoiser call, cells still changing, early errors
 inference FLOPs per puzzle.
 kernels: the whole-model rows of the kernel benchmark (tdrm/bench/kernels.py; GPU, or
 `--device cpu --small` as a smoke run).
+scaling: training throughput of the teacher and distill loops under torchrun at 1, 2, ... processes
+(tdrm/bench/scaling.py; samples per second and efficiency against the first count).
 solver: the exact solver over a whole puzzle file: every puzzle must match its listed answer
 (and rating); prints median / mean / p90 / max ms per puzzle.
 """
@@ -354,6 +356,10 @@ def run(what: str, **kw) -> int:
             model_rows(bench, kw["small"])
             bench.save()
         return 0
+    elif what == "scaling":
+        from .scaling import bench_scaling
+        rows = bench_scaling(kw["params"], kw["profile"], [int(n) for n in kw["procs"].split(",")], kw["steps"],
+                             kw["data"], kw["traces"], kw["teacher"])
     elif what == "tdrm":
         rows = bench_tdrm(kw["checkpoint"], kw["data"], kw["split"], kw["steps"], kw["limit"],
                           resolve_device(kw["device"]), kw["batch_size"])

@@ -109,3 +109,22 @@ def test_distill_on_two_ranks_equals_one_process_and_a_dead_rank_ends_the_job(tm
     r = torchrun(2, "distill", tmp_path, tmp_path / "crash.pt")  # the same world size resumes and completes
     assert r.returncode == 0 and "resuming from" in r.stdout + r.stderr, r.stderr[-3000:]
     assert_same_weights(tmp_path / "two.pt", tmp_path / "crash.pt")
+
+
+def test_scaling_bench_times_both_stages_at_each_process_count(tmp_path, tiny_params_file, capsys):
+    """`python -m tdrm.bench scaling` on the tiny profile: one row per (stage, processes), each from
+    a real torchrun launch of the training loop; the first count is the efficiency reference."""
+    from tdrm.cli import bench_main
+    tiny_traces(tmp_path, 30, 20)
+    rc = bench_main(["scaling", "--params", str(tiny_params_file), "--profile", "tiny", "--procs", "1,2",
+                     "--steps", "3", "--data", str(tmp_path), "--traces", str(tmp_path / "tr"),
+                     "--teacher", str(tmp_path / "t.pt"), "--out", str(tmp_path / "scaling.json")])
+    assert rc == 0
+    import json
+    rows = json.loads((tmp_path / "scaling.json").read_text())["rows"]
+    assert [(r["stage"], r["processes"]) for r in rows] == [("teacher", 1), ("teacher", 2), ("distill", 1), ("distill", 2)]
+    assert [r["backend"] for r in rows] == ["none", "gloo", "none", "gloo"]
+    assert rows[0]["efficiency_vs_first"] == 1.0 and rows[2]["efficiency_vs_first"] == 1.0
+    for r in rows:
+        assert r["samples_per_s"] == pytest.approx(r["global_batch"] * 3 / r["seconds"], rel=0.02)
+    assert "samples_per_s" in capsys.readouterr().out  # the printed table
