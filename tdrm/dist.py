@@ -147,6 +147,15 @@ def gather_rows(x: torch.Tensor, world: World) -> torch.Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts)]).to(x.device)
 
 
+def all_gather_objects(obj, world: World) -> list:
+    """Every rank's picklable `obj`, in rank order (one process: [obj])."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

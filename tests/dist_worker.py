@@ -4,7 +4,7 @@
         MODE DIR OUT [CRASH_RANK CRASH_STEP]
 
 MODE teacher: the tiny teacher on the dataset in DIR; distill: the tiny denoiser on DIR/tr with
-the teacher DIR/t.pt. OUT is the final checkpoint; the resume file is OUT + ".resume". With
+the teacher DIR/t.pt; traces: the teacher DIR/t.pt's traces of DIR's puzzles into OUT (a directory). OUT is the final checkpoint; the resume file is OUT + ".resume". With
 CRASH_RANK and CRASH_STEP, that rank dies (os._exit(3)) when step CRASH_STEP is logged.
 """
 import os
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from tdrm.config import Traces
 from tdrm.dist import setup, teardown
 from tdrm.tracking.base import Tracker
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import tiny_params  # noqa: E402
 
 TEACHER = {"teacher": {"steps": 8, "eval_every": 0, "ckpt_every": 4, "warmup": 4}}
+TRACES = Traces(limit=20, shard_size=8, num_aug=1)  # 40 train items in 5 shards, 20 val in 3: uneven over ranks
 DISTILL = {"distill": {"steps": 12, "eval_every": 0, "ckpt_every": 4, "batch": 32}}
 
 
@@ -41,6 +43,11 @@ def main(mode: str, d: str, out: str, crash: tuple[int, int] | None = None) -> N
         from tdrm.train.teacher import train_teacher
         train_teacher(tiny_params(TEACHER), d, out, resume_path=out + ".resume", tracker=tracker, progress=False,
                       log_every=1, world=world, device=device)
+    elif mode == "traces":
+        from tdrm.checkpoint import load_teacher
+        from tdrm.traces.record import record
+        teacher, _ = load_teacher(d / "t.pt")
+        record(teacher, d / "t.pt", d, out, TRACES, 0, device, progress=False, world=world)
     else:
         from tdrm.checkpoint import load_teacher
         from tdrm.train.distill import train_distill

@@ -6,6 +6,8 @@ from dataclasses import asdict
 from .. import config
 from ..checkpoint import load_teacher
 from ..device import resolve_device, set_threads
+from ..dist import setup, teardown
+from ..tracking.base import Tracker
 from .common import _finish, _tracked
 
 def traces_stage(params_path: str, data_dir: str, model_path: str, out_dir: str, metrics_path: str) -> dict:
@@ -13,15 +15,20 @@ def traces_stage(params_path: str, data_dir: str, model_path: str, out_dir: str,
 
     p = config.load(params_path)
     set_threads(p.common.threads)
-    device = resolve_device(p.common.device)
+    world, device = setup(resolve_device(p.common.device), p.dist.timeout_s)  # torchrun's ranks, or one process
 
     def run(tracker):
         model, ck = load_teacher(model_path, device)
-        res = record(model, model_path, data_dir, out_dir, p.traces, p.common.seed, device)
+        res = record(model, model_path, data_dir, out_dir, p.traces, p.common.seed, device, world=world)
+        if not world.main:  # rank 0 writes the manifests, the metrics and the Sacred run
+            return res
         metrics = {"profile": p.profile, **{k: v for k, v in res.items() if k != "splits"},
                    **{f"{s}_puzzles": v["puzzles"] for s, v in res["splits"].items()},
-                   "sacred_run_id": tracker.run_id}
+                   "world_size": world.size, "sacred_run_id": tracker.run_id}
         return _finish(tracker, metrics_path, metrics)
 
-    cfg = {"profile": p.profile, "common": asdict(p.common), "traces": asdict(p.traces)}
-    return _tracked("traces", cfg, p.common.seed, run)
+    cfg = {"profile": p.profile, "common": asdict(p.common), "traces": asdict(p.traces), "dist": world.record()}
+    try:
+        return _tracked("traces", cfg, p.common.seed, run) if world.main else run(Tracker())
+    finally:
+        teardown(world)

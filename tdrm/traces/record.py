@@ -6,6 +6,12 @@ the cell positions (prefix optional), the logits, the halting logit and whether 
 solved. Channels can be projected (fixed seeded orthogonal matrix, or PCA fitted on a sample).
 Augmentation and latent noise are seeded per (seed, split, puzzle, augmentation) and per shard,
 so a resumed run writes the same bytes as an uninterrupted one.
+
+Data parallel (`world` of several ranks, under torchrun): rank r records the shards whose index is
+r modulo the world size and writes their files; each finished shard also leaves a small
+`shard-NNNNN.done.json` (its manifest entry) so a killed run resumes shard by shard. Rank 0 gathers
+the entries, writes the manifests and removes the .done files: the output equals the one-process
+output byte for byte (at equal threads per process: matmul rounding depends on the thread count).
 """
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ from ..config import Traces
 from ..data.augment import augment
 from ..data.board import logits_to_digits, to_tokens
 from ..data.dataset import load_split
-from .store import MANIFEST, ShardWriter, sha256_file, to_numpy
+from ..dist import SINGLE, World, all_gather_objects, barrier
+from .store import MANIFEST, ShardWriter, intact, sha256_file, to_numpy, write_shard_files
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
@@ -85,9 +92,14 @@ def _run(model, puzzles: np.ndarray, solutions: np.ndarray, cfg: Traces, proj, g
             "solved": solved.T.cpu().numpy()}
 
 
+def _done_path(split_dir: Path, si: int) -> Path:
+    return split_dir / f"shard-{si:05d}.done.json"
+
+
 def record(model, teacher_path: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: Traces,
-           seed: int, device, progress: bool = True) -> dict:
-    """Record every split in `cfg.splits` into `out_dir/<split>/`; returns summary metrics."""
+           seed: int, device, progress: bool = True, world: World = SINGLE) -> dict:
+    """Record every split in `cfg.splits` into `out_dir/<split>/`; returns summary metrics (the
+    whole job's). `world`: this rank's place in a data-parallel job; rank 0 writes the manifests."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher_hash = sha256_file(Path(teacher_path))
@@ -101,7 +113,7 @@ def record(model, teacher_path: str | Path, data_dir: str | Path, out_dir: str |
         proj = projection_matrix(cfg, hidden, seed, sample)
     else:
         proj = projection_matrix(cfg, hidden, seed)
-    if proj is not None:
+    if proj is not None and world.main:
         np.save(out_dir / "projection.npy", torch.cat([proj[0][None], proj[1].T]).numpy())  # row 0 = mean
     t0, total, summary = time.perf_counter(), 0, {}
     for split in cfg.splits:
@@ -112,13 +124,25 @@ def record(model, teacher_path: str | Path, data_dir: str | Path, out_dir: str |
         header = {"split": split, "teacher_sha256": teacher_hash, "config": asdict(cfg), "seed": seed,
                   "board": ps.shape.name, "n_sup": model.cfg.n_sup, "hidden": hidden,
                   "channels": hidden if proj is None else cfg.channels, "items": len(items)}
-        writer = ShardWriter(out_dir / split, header)
+        writer = ShardWriter(out_dir / split, header) if world.main else None
+        barrier(world)  # the split's directory exists before any rank writes into it
         shards = range(0, len(items), cfg.shard_size)
-        bar = tqdm(total=len(items), initial=min(writer.done * cfg.shard_size, len(items)),
-                   desc=f"traces {split}", disable=not progress, mininterval=2)
+        done = writer.done if not world.distributed else 0
+        bar = tqdm(total=len(items), initial=min(done * cfg.shard_size, len(items)),
+                   desc=f"traces {split}", disable=not progress or not world.main, mininterval=2)
+        entries, arrays = {}, {}
         for si, start in enumerate(shards):
-            if si < writer.done:
+            if not world.distributed and si < writer.done:
                 continue  # finished by an earlier run
+            if world.distributed:
+                if si % world.size != world.rank:
+                    continue  # another rank's shard
+                marker = _done_path(out_dir / split, si)
+                if marker.is_file():
+                    entry = json.loads(marker.read_text())
+                    if entry.get("header") == header and intact(out_dir / split, entry["entry"]):
+                        entries[si] = entry["entry"]  # finished by an earlier run of this job
+                        continue
             chunk = items[start:start + cfg.shard_size]
             p, s = _boards(ps, chunk, sid, seed)
             gen = torch.Generator().manual_seed(seed * 1_000_003 + sid * 10_007 + si)
@@ -127,15 +151,34 @@ def record(model, teacher_path: str | Path, data_dir: str | Path, out_dir: str |
             arrays = {k: np.concatenate([x[k] for x in parts]) for k in parts[0]}
             arrays.update(puzzle=p, solution=s, index=np.array([i for i, _ in chunk], np.int64),
                           aug=np.array([a for _, a in chunk], np.int32))
-            writer.write(si, arrays, len(chunk))
+            if world.distributed:
+                entries[si] = write_shard_files(out_dir / split, si, arrays, len(chunk))
+                _done_path(out_dir / split, si).write_text(json.dumps({"header": header, "entry": entries[si]}))
+            else:
+                writer.write(si, arrays, len(chunk))
             total += len(chunk)
-            bar.update(len(chunk))
+            bar.update(len(chunk) * world.size)
         bar.close()
-        m = writer.close({"shapes": {k: list(v.shape[1:]) for k, v in arrays.items()} if len(items) else {}})
+        shapes = {k: list(v.shape[1:]) for k, v in arrays.items()}
+        if world.distributed:  # rank 0 gets every rank's entries (and shapes, from any rank that recorded)
+            gathered = all_gather_objects((entries, shapes), world)
+            entries = {si: e for part, _ in gathered for si, e in part.items()}
+            shapes = next((sh for _, sh in gathered if sh), shapes)
+            if not world.main:
+                continue
+        if world.distributed:
+            for si in entries:
+                _done_path(out_dir / split, si).unlink(missing_ok=True)
+        extra = {"shapes": shapes if len(items) else {}}
+        m = writer.close(extra, [entries[i] for i in sorted(entries)] if world.distributed else None)
         size = sum((out_dir / split / f).stat().st_size for sh in m["shards"] for f in sh["files"])
         summary[split] = {"puzzles": m["count"], "bytes": size, "shards": len(m["shards"]),
                           "manifest_sha256": sha256_file(out_dir / split / MANIFEST)}
     seconds = time.perf_counter() - t0
+    total = sum(all_gather_objects(total, world)) if world.distributed else total
+    barrier(world)
+    if not world.main:
+        return {"puzzles": total, "seconds": seconds}
     n_all = sum(v["puzzles"] for v in summary.values())
     size_all = sum(v["bytes"] for v in summary.values())
     top = {"format": "tdrm-traces-v1", "teacher_sha256": teacher_hash, "splits": summary,

@@ -81,18 +81,14 @@ class ShardWriter:
     def write(self, index: int, arrays: dict[str, np.ndarray], count: int) -> None:
         if index != len(self.shards):
             raise TraceStoreError(f"shard {index} written out of order (next is {len(self.shards)})")
-        files = {}
-        for name, arr in arrays.items():
-            fname = f"shard-{index:05d}.{name}.npy"
-            tmp = self.dir / (fname + ".tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-            os.replace(tmp, self.dir / fname)
-            files[fname] = sha256_file(self.dir / fname)
-        self.shards.append({"index": index, "count": int(count), "files": files})
+        self.shards.append(write_shard_files(self.dir, index, arrays, count))
         self._manifest("partial")
 
-    def close(self, extra: dict | None = None) -> dict:
+    def close(self, extra: dict | None = None, shards: list[dict] | None = None) -> dict:
+        """The complete manifest; `shards` (in index order) replaces the written list (a data-parallel
+        recording, whose ranks wrote the shards, hands rank 0 all of them)."""
+        if shards is not None:
+            self.shards = list(shards)
         return self._manifest("complete", extra)
 
     def _manifest(self, status: str, extra: dict | None = None) -> dict:
@@ -100,6 +96,24 @@ class ShardWriter:
              "count": sum(s["count"] for s in self.shards), **(extra or {})}
         _write_json(self.dir / MANIFEST, m)
         return m
+
+
+def write_shard_files(out_dir: Path, index: int, arrays: dict[str, np.ndarray], count: int) -> dict:
+    """Write one shard's arrays (atomically, one .npy per field); returns its manifest entry."""
+    files = {}
+    for name, arr in arrays.items():
+        fname = f"shard-{index:05d}.{name}.npy"
+        tmp = out_dir / (fname + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+        os.replace(tmp, out_dir / fname)
+        files[fname] = sha256_file(out_dir / fname)
+    return {"index": index, "count": int(count), "files": files}
+
+
+def intact(out_dir: Path, entry: dict) -> bool:
+    """Whether every file of a shard's manifest entry is present with its recorded sha256."""
+    return all((out_dir / f).is_file() and sha256_file(out_dir / f) == h for f, h in entry["files"].items())
 
 
 class TraceReader:

@@ -111,6 +111,21 @@ def test_distill_on_two_ranks_equals_one_process_and_a_dead_rank_ends_the_job(tm
     assert_same_weights(tmp_path / "two.pt", tmp_path / "crash.pt")
 
 
+def test_traces_on_two_ranks_write_the_one_process_bytes(tmp_path):
+    """Each rank records every other shard; rank 0 writes the manifests: every file of the output
+    equals the one-process output byte for byte (both at one thread per process)."""
+    tiny_traces(tmp_path, 30, 20)
+    worker("traces", str(tmp_path), str(tmp_path / "one"))
+    r = torchrun(2, "traces", tmp_path, tmp_path / "two")
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert one == two and len([p for p in one if p.suffix == ".npy"]) == 8 * 9  # 5 + 3 shards x 9 fields
+    for rel in one:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+    assert not list((tmp_path / "two").rglob("*.done.json"))  # the resume markers are gone
+
+
 def test_scaling_bench_times_both_stages_at_each_process_count(tmp_path, tiny_params_file, capsys):
     """`python -m tdrm.bench scaling` on the tiny profile: one row per (stage, processes), each from
     a real torchrun launch of the training loop; the first count is the efficiency reference."""
