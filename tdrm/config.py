@@ -27,6 +27,7 @@ class Common:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     compile: bool = False  # torch.compile the teacher's training step and the denoiser (issue 12)
+    amp: str = "none"  # none | bf16: autocast the training forward to bfloat16 (GPU runs; issue 15)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Teacher:
     eval_limit: int = 500
     ckpt_every: int = 500
     grad_clip: float = 0.0  # 0 = off
+    accum: int = 1  # gradient accumulation: micro-batches per optimizer step (per rank)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class Distill:
     eval_every: int = 500
     eval_limit: int = 200
     ckpt_every: int = 250
+    accum: int = 1  # gradient accumulation: micro-batches per optimizer step (per rank)
 
 
 @dataclass(frozen=True)

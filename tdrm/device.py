@@ -22,3 +22,14 @@ def maybe_compile(fn, enabled: bool):
     """`torch.compile(fn)` (static shapes: a new batch shape compiles once more) when enabled,
     else fn itself. Compiled code changes floating-point rounding, not the maths."""
     return torch.compile(fn, dynamic=False) if enabled else fn
+
+
+AMP = ("none", "bf16")
+
+
+def check_amp(name: str) -> bool:
+    """`common.amp`: none (fp32) or bf16 (torch.autocast with bfloat16 around the training forward,
+    the reference's GPU setting); returns whether autocast is on."""
+    if name not in AMP:
+        raise ValueError(f"common.amp must be one of {AMP}, got {name!r}")
+    return name == "bf16"

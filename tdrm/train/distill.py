@@ -15,6 +15,7 @@ the one-process run up to floating-point summation order. Rank 0 evaluates and w
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from ..config import Params
 from ..data.board import to_tokens
-from ..device import maybe_compile, resolve_device
+from ..device import check_amp, maybe_compile, resolve_device
 from ..dist import SINGLE, World, all_mean, barrier, loss_scale, per_rank_batch, rows, wrap
 from ..diffusion.losses import distillation_loss
 from ..diffusion.samplers import row_step
@@ -98,7 +99,10 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     `world`: this rank's place in a data-parallel job (`tdrm.dist.setup`); only rank 0 writes."""
     cfg, tracker = params.distill, tracker or Tracker()
     device = device or resolve_device(params.common.device)
-    per_rank_batch(cfg.batch, world, "distill.batch")
+    local = per_rank_batch(cfg.batch, world, "distill.batch")
+    if cfg.accum < 1 or local % cfg.accum:
+        raise ValueError(f"distill.accum = {cfg.accum} must be >= 1 and divide the per-rank batch {local} "
+                         f"(distill.batch {cfg.batch} / {world.size} processes)")
     traces_dir = Path(traces_dir)
     reader, val = TraceReader(traces_dir / "train"), TraceReader(traces_dir / "val")
     dtype = reader.header["config"]["dtype"]
@@ -172,7 +176,40 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             return warmup_cosine(i, cfg.lr, cfg.warmup, cfg.steps)
         return warmup_constant(i, cfg.lr, cfg.warmup)
 
-    net = maybe_compile(wrap(model, world, device), params.common.compile)  # the training calls (DDP over ranks)
+    ddp = wrap(model, world, device)  # DDP over ranks (the model itself in one process)
+    net = maybe_compile(ddp, params.common.compile)  # the training calls
+    amp = check_amp(params.common.amp)
+
+    def micro_loss(x0, t, t_hi, eps, puzzle, target, batch, kind):
+        """The loss of one (micro-)batch of this rank's rows: (loss, mse, ce, dynamics)."""
+        x_t = q_sample(x0, t, schedule, eps)
+        prev = None
+        if kind == "correct":
+            # error-correcting batch: the model's own (detached) estimate one sampling round noisier,
+            # moved to t by the deterministic reverse step, is what it must denoise (and its self-cond input)
+            with torch.no_grad():
+                x_hi = q_sample(x0, t_hi, schedule, eps)
+                x0_hi = net(x_hi, t_hi, puzzle)
+                x_t = self_correct_input(schedule, x_hi, x0_hi, t_hi, t)
+                prev = x0_hi if cfg.denoiser.self_cond else None
+        elif kind == "self_cond":
+            with torch.no_grad():
+                prev = net(x_t, t, puzzle)
+        x0_hat = net(x_t, t, puzzle, prev)
+        if cfg.ce_rows == "all":  # every row against the teacher's argmax at that step, the last against target
+            targets = torch.as_tensor(batch["logits"][:, -x0.shape[1]:].argmax(-1), device=device).long()
+            targets[:, -1] = target
+            ce_logits = codec.step_logits(x0_hat)  # (B, K, N, V)
+        else:
+            targets, ce_logits = target, codec.answer_logits(x0_hat)  # (B, N), (B, N, V)
+        loss, mse, ce = distillation_loss(x0_hat, x0, t, schedule, weighting=cfg.loss_weighting,
+                                          ce_logits=ce_logits, ce_targets=targets, ce_weight=cfg.ce_weight)
+        dyn = torch.zeros(())
+        if cfg.dynamics_weight:
+            dyn = codec.dynamics_residual(x0_hat, puzzle).square().mean()
+            loss = loss + cfg.dynamics_weight * dyn
+        return loss, mse, ce, dyn
+
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress or not world.main, mininterval=2)
     it, window = None, []
@@ -199,43 +236,34 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             target = torch.as_tensor(to_tokens(batch["solution"]), device=device)
         else:
             target = torch.as_tensor(batch["logits"][:, -1].argmax(-1), device=device).long()
-        x_t = q_sample(x0, t, schedule, eps)
-        prev = None
+        # the batch's kind, one draw for the whole global batch: error-correcting, self-conditioned, or plain
+        kind = "plain"
         if cfg.self_correct_prob and torch.rand((), generator=gen).item() < cfg.self_correct_prob:
-            # error-correcting batch: the model's own (detached) estimate one sampling round noisier,
-            # moved to t by the deterministic reverse step, is what it must denoise (and its self-cond input)
-            with torch.no_grad():
-                x_hi = q_sample(x0, t_hi, schedule, eps)
-                x0_hi = net(x_hi, t_hi, puzzle)
-                x_t = self_correct_input(schedule, x_hi, x0_hi, t_hi, t)
-                prev = x0_hi if cfg.denoiser.self_cond else None
+            kind = "correct"
         elif cfg.denoiser.self_cond and torch.rand((), generator=gen).item() < cfg.self_cond_prob:
-            with torch.no_grad():
-                prev = net(x_t, t, puzzle)
-        x0_hat = net(x_t, t, puzzle, prev)
-        if cfg.ce_rows == "all":  # every row against the teacher's argmax at that step, the last against target
-            targets = torch.as_tensor(batch["logits"][:, -x0.shape[1]:].argmax(-1), device=device).long()
-            targets[:, -1] = target
-            ce_logits = codec.step_logits(x0_hat)  # (B, K, N, V)
-        else:
-            targets, ce_logits = target, codec.answer_logits(x0_hat)  # (B, N), (B, N, V)
-        loss, mse, ce = distillation_loss(x0_hat, x0, t, schedule, weighting=cfg.loss_weighting,
-                                          ce_logits=ce_logits, ce_targets=targets, ce_weight=cfg.ce_weight)
-        dyn = torch.zeros(())
-        if cfg.dynamics_weight:
-            dyn = codec.dynamics_residual(x0_hat, puzzle).square().mean()
-            loss = loss + cfg.dynamics_weight * dyn
+            kind = "self_cond"
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
-        if world.distributed:  # DDP averages over ranks: make that the mean over the global batch
-            loss = loss * loss_scale(x0.shape[0], b, world)
-        loss.backward()
+        n = x0.shape[0]
+        micro = [rows(n, World(rank=i, size=cfg.accum)) for i in range(cfg.accum)]  # per-rank micro-batches
+        sums = [0.0, 0.0, 0.0]
+        for i, mb in enumerate(micro):
+            sync = nullcontext() if not world.distributed or i == len(micro) - 1 else ddp.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss, mse, ce, dyn = micro_loss(x0[mb], t[mb], t_hi[mb], eps[mb], puzzle[mb], target[mb],
+                                                    {k: v[mb] for k, v in batch.items()}, kind)
+                # micro-batch means -> the mean over this rank's rows; DDP's rank average -> the global batch
+                scale = (mb.stop - mb.start) / n * (loss_scale(n, b, world) if world.distributed else 1.0)
+                (loss * scale if scale != 1.0 else loss).backward()
+            for j, v in enumerate((mse, ce, dyn)):
+                sums[j] += v.item() * (mb.stop - mb.start) / n
         opt.step()
         ema.update(model)
         step += 1
         bar.update(1)
-        window.append((mse.item(), ce.item(), dyn.item()))
+        window.append(tuple(sums))
         if step % log_every == 0 or step == cfg.steps:
             means = all_mean([float(np.mean([w[i] for w in window])) for i in range(3)], world)  # over ranks
             row = {"step": step, "mse": means[0], "ce": means[1], "minutes": (time.perf_counter() - t0) / 60}

@@ -15,6 +15,7 @@ one-process run up to floating-point summation order. Gradients are averaged by 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ..config import Params
 from ..data.board import to_tokens
 from ..data.dataset import load_meta, load_split
 from ..data.stream import PuzzleStream
-from ..device import maybe_compile, resolve_device
+from ..device import check_amp, maybe_compile, resolve_device
 from ..dist import SINGLE, World, all_mean, barrier, gather_rows, per_rank_batch, rows, wrap
 from ..eval.teacher import evaluate
 from ..models.losses import TRM_STATS, trm_loss_terms
@@ -161,6 +162,11 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
         checkpoint.save(path, payload)
 
     net = wrap(model, world, device)  # DDP over ranks (the model itself in one process)
+    amp = check_amp(params.common.amp)
+    if cfg.accum < 1 or local_batch % cfg.accum:
+        raise ValueError(f"teacher.accum = {cfg.accum} must be >= 1 and divide the per-rank batch {local_batch} "
+                         f"(teacher.batch {cfg.batch} / {world.size} processes)")
+    micro = [rows(local_batch, World(rank=i, size=cfg.accum)) for i in range(cfg.accum)]  # slot micro-batches
     forward = maybe_compile(train_forward, params.common.compile)
     model.train()
     t_start = time.perf_counter() - elapsed
@@ -172,10 +178,22 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
         lr = warmup_constant(step, cfg.lr, cfg.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        y, z, q, loss, terms = forward(net, carry.y, carry.z, carry.tokens, carry.labels, cfg.q_loss_weight)
-        stats = dict(zip(TRM_STATS, terms.tolist()))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = []
+        for i, mb in enumerate(micro):  # gradient accumulation over slot micro-batches (one without accum)
+            sync = nullcontext() if not world.distributed or i == len(micro) - 1 else net.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = forward(net, carry.y[mb], carry.z[mb], carry.tokens[mb], carry.labels[mb], cfg.q_loss_weight)
+                frac = (mb.stop - mb.start) / local_batch
+                (out[3] * frac if frac != 1.0 else out[3]).backward()
+            parts.append((out, frac))
+        if len(parts) == 1:
+            y, z, q, loss, terms = parts[0][0]
+        else:
+            y, z, q = (torch.cat([o[j] for o, _ in parts]) for j in range(3))
+            terms = sum(o[4] * f for o, f in parts)
+        stats = dict(zip(TRM_STATS, terms.tolist()))
         if cfg.grad_clip > 0:
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         opt.step()
