@@ -1,0 +1,1 @@
+"""ARC-AGI: data versions and splits (`data`), grid encoding and augmentations (`grids`)."""
