@@ -419,6 +419,10 @@ def bench_main(argv: list[str] | None = None) -> int:
     c.add_argument("--traces", default="traces")
     c.add_argument("--teacher", default="models/teacher.pt")
     c.add_argument("--out")
+    r = sub.add_parser("arc", help="the trivial ARC baseline on ARC data versions (pass@1, pass@2, strict)")
+    r.add_argument("--sets", default="arcagi2_f3283f7:eval,arcagi2_f3283f7:train,arcagi1_aa922be:eval",
+                   help="comma-separated VERSION:SPLIT")
+    r.add_argument("--out")
     s = sub.add_parser("solver", help="exact solver over a whole puzzle file")
     s.add_argument("--file", default="../shared/data/sudoku/forum_hardest_11plus.csv")
     s.add_argument("--limit", type=int)

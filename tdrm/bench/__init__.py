@@ -13,6 +13,8 @@ kernels: the whole-model rows of the kernel benchmark (tdrm/bench/kernels.py; GP
 `--device cpu --small` as a smoke run).
 scaling: training throughput of the teacher and distill loops under torchrun at 1, 2, ... processes
 (tdrm/bench/scaling.py; samples per second and efficiency against the first count).
+arc: the trivial ARC baseline (dihedral transform + colour map consistent with the demonstrations)
+on ARC data versions, with the ARC Prize pass@1 / pass@2 and the strict rule (tdrm/tasks/arc).
 solver: the exact solver over a whole puzzle file: every puzzle must match its listed answer
 (and rating); prints median / mean / p90 / max ms per puzzle.
 """
@@ -360,6 +362,16 @@ def run(what: str, **kw) -> int:
         from .scaling import bench_scaling
         rows = bench_scaling(kw["params"], kw["profile"], [int(n) for n in kw["procs"].split(",")], kw["steps"],
                              kw["data"], kw["traces"], kw["teacher"])
+    elif what == "arc":
+        from ..eval.metrics import wilson
+        from ..tasks.arc.baseline import evaluate
+        rows = []
+        for spec in kw["sets"].split(","):
+            version, split = spec.split(":")
+            t0 = time.perf_counter()
+            r = evaluate(version, split)
+            lo, hi = wilson(r["inputs_solved@2"], r["test_inputs"])
+            rows.append({**r, "inputs_ci95@2": f"[{lo:.3f}, {hi:.3f}]", "seconds": round(time.perf_counter() - t0, 1)})
     elif what == "tdrm":
         rows = bench_tdrm(kw["checkpoint"], kw["data"], kw["split"], kw["steps"], kw["limit"],
                           resolve_device(kw["device"]), kw["batch_size"])

@@ -118,3 +118,41 @@ def test_splits_hold_out_evaluation_test_pairs_and_the_guard_refuses_contaminati
     arc1 = load("arcagi1_aa922be")
     with pytest.raises(ArcDataError, match="376 of the scored tasks are in the training data"):
         check_disjoint(arc2["train"], arc1["eval"], "arcagi1 eval after arcagi2 training")
+
+
+def test_vote_ranks_by_count_then_confidence():
+    from tdrm.tasks.arc.scoring import vote
+    a, b, c = np.array([[1]]), np.array([[2]]), np.array([[1, 1]])
+    ranked = vote([(a, 0.1), (b, 0.9), (a, 0.2), (c, 0.5), (b, 0.1), (c, 0.9)])
+    # a, b and c twice each: mean confidence c 0.7 > b 0.5 > a 0.15
+    assert [g.tolist() for g in ranked] == [c.tolist(), b.tolist(), a.tolist()]
+    ranked = vote([(a, 0.0), (b, 1.0), (a, 0.0)])
+    assert ranked[0].tolist() == a.tolist()  # count first: two votes beat one confident vote
+
+
+def test_arc_prize_scoring_on_hand_cases():
+    from tdrm.tasks.arc.scoring import summarize, task_scores
+    t1, t2 = np.array([[1, 2]]), np.array([[3]])
+    truths = {"x": [t1, t2], "y": [t2]}
+    attempts = {"x": [[np.array([[0, 0]]), t1], [t2]], "y": [[np.array([[3, 3]])]]}
+    assert task_scores(attempts, truths, 1) == {"x": 0.5, "y": 0.0}  # x: 2nd input right at attempt 1
+    assert task_scores(attempts, truths, 2) == {"x": 1.0, "y": 0.0}
+    s = summarize(attempts, truths)
+    assert (s["pass@1"], s["pass@2"], s["pass@2_strict"], s["inputs_solved@2"]) == (0.25, 0.5, 0.5, 2)
+    with pytest.raises(ValueError, match="2 attempt lists for 1 test inputs"):
+        task_scores({"y": [[], []]}, {"y": [t2]}, 2)
+
+
+def test_baseline_finds_a_transform_and_colour_map_consistent_with_the_demonstrations():
+    from tdrm.tasks.arc.baseline import consistent_map, predict
+    g = np.array([[1, 2, 0], [0, 1, 0]])
+    swap = np.array([0, 2, 1, 3, 4, 5, 6, 7, 8, 9])  # 1 <-> 2
+    rule = lambda x: swap[np.rot90(x)]  # noqa: E731  (rotate once, then swap colours 1 and 2)
+    demos = (Pair(g, rule(g)), Pair(np.array([[2, 2], [1, 0]]), rule(np.array([[2, 2], [1, 0]]))))
+    test_in = np.array([[1, 0, 0], [2, 2, 5]])
+    task = Task("hand", demos, (Pair(test_in, rule(test_in)),))
+    assert consistent_map(demos, 0) is None and consistent_map(demos, 1) is not None
+    (attempts,) = predict(task)
+    assert np.array_equal(attempts[0], rule(test_in))  # colour 5, never shown, keeps its colour
+    no_rule = Task("none", (Pair(np.array([[1]]), np.array([[1, 1]])),), (Pair(np.array([[1]]), None),))
+    assert predict(no_rule) == [[]]  # nothing consistent: no attempt
