@@ -10,7 +10,8 @@ Data parallel (`world` of several ranks, under torchrun): every rank reads the s
 `distill.batch` trajectories and draws its noise levels, noise and coin flips for the whole batch
 from the same generator, then keeps its rows `dist.rows(B, world)`; DDP averages the gradients
 (the loss scaled by `dist.loss_scale`, exact also for an epoch's short last batch), so the run equals
-the one-process run up to floating-point summation order. Rank 0 evaluates and writes.
+the one-process run up to floating-point summation order (except that an epoch's last batch is
+skipped when it has fewer rows than ranks). Rank 0 evaluates and writes.
 """
 from __future__ import annotations
 
@@ -224,6 +225,8 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             it, epoch, pos = None, epoch + 1, 0
             continue
         pos += 1
+        if len(batch["puzzle"]) < world.size:  # an epoch's last batch with fewer rows than ranks: skipped
+            continue
         x0 = stdz.forward(trajectory(batch))  # (B, K, L, C), the global batch
         b = x0.shape[0]
         t, t_hi = draw_levels(cfg, b, x0.shape[1], gen)
@@ -246,7 +249,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
         n = x0.shape[0]
-        micro = [rows(n, World(rank=i, size=cfg.accum)) for i in range(cfg.accum)]  # per-rank micro-batches
+        micro = [m for i in range(cfg.accum) if (m := rows(n, World(rank=i, size=cfg.accum))).stop > m.start]
         sums = [0.0, 0.0, 0.0]
         for i, mb in enumerate(micro):
             sync = nullcontext() if not world.distributed or i == len(micro) - 1 else ddp.no_sync()
