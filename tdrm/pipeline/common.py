@@ -16,6 +16,29 @@ def _tracked(stage: str, cfg: dict, seed: int, fn):
     return tracked_run(stage, cfg, fn, seed)
 
 
+def _tracked_ranks(stage: str, cfg: dict, seed: int, fn, world):
+    """A stage that may run under torchrun: `_tracked` (the Sacred run, recording the launch) on rank
+    0; the other ranks run `fn` with a null tracker and write nothing; the process group is left
+    at the end whatever happens."""
+    from ..dist import teardown
+    from ..tracking.base import Tracker
+    try:
+        return _tracked(stage, {**cfg, "dist": world.record()}, seed, fn) if world.main else fn(Tracker())
+    finally:
+        teardown(world)
+
+
+def _finish_training(tracker, world, profile: str, res: dict, plot_path: str, metrics_path: str) -> dict:
+    """A training loop's result: rank 0 writes the curve (CSV) and the metrics file (with the world
+    size); other ranks return the result and write nothing."""
+    history = res.pop("history")
+    if not world.main:
+        return res
+    _write_csv(plot_path, history)
+    metrics = {"profile": profile, **res, "world_size": world.size, "sacred_run_id": tracker.run_id}
+    return _finish(tracker, metrics_path, metrics)
+
+
 def _write_json(path: str | Path, obj: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,8 @@ from pathlib import Path
 from .. import config
 from ..checkpoint import load_teacher
 from ..device import resolve_device, set_threads
-from ..dist import setup, teardown
-from ..tracking.base import Tracker
-from .common import _finish, _tracked, _write_csv
+from ..dist import setup
+from .common import _finish_training, _tracked_ranks
 
 def distill_stage(params_path: str, traces_dir: str, teacher_path: str, model_out: str, metrics_path: str,
                   plot_path: str, final_only: bool = False, resume_dir: str = "checkpoints") -> dict:
@@ -29,15 +28,7 @@ def distill_stage(params_path: str, traces_dir: str, teacher_path: str, model_ou
         teacher, _ = load_teacher(teacher_path, device)
         res = train_distill(p, traces_dir, teacher, model_out, resume_path=Path(resume_dir) / f"{name}-resume.pt",
                             tracker=tracker, world=world, device=device)
-        history = res.pop("history")
-        if not world.main:  # rank 0 writes the files and the Sacred run
-            return res
-        _write_csv(plot_path, history)
-        metrics = {"profile": p.profile, **res, "world_size": world.size, "sacred_run_id": tracker.run_id}
-        return _finish(tracker, metrics_path, metrics)
+        return _finish_training(tracker, world, p.profile, res, plot_path, metrics_path)
 
-    cfg = {"profile": p.profile, "common": asdict(p.common), "distill": asdict(p.distill), "dist": world.record()}
-    try:
-        return _tracked(name, cfg, p.common.seed, run) if world.main else run(Tracker())
-    finally:
-        teardown(world)
+    cfg = {"profile": p.profile, "common": asdict(p.common), "distill": asdict(p.distill)}
+    return _tracked_ranks(name, cfg, p.common.seed, run, world)

@@ -6,9 +6,8 @@ from pathlib import Path
 
 from .. import config
 from ..device import resolve_device, set_threads
-from ..dist import setup, teardown
-from ..tracking.base import Tracker
-from .common import _finish, _tracked, _write_csv
+from ..dist import setup
+from .common import _finish_training, _tracked_ranks
 
 def teacher_stage(params_path: str, data_dir: str, model_out: str, metrics_path: str, plot_path: str,
                   resume_dir: str = "checkpoints") -> dict:
@@ -21,15 +20,7 @@ def teacher_stage(params_path: str, data_dir: str, model_out: str, metrics_path:
     def run(tracker):
         res = train_teacher(p, data_dir, model_out, resume_path=Path(resume_dir) / "teacher-resume.pt",
                             tracker=tracker, world=world, device=device)
-        history = res.pop("history")
-        if not world.main:  # rank 0 writes the files and the Sacred run
-            return res
-        _write_csv(plot_path, history)
-        metrics = {"profile": p.profile, **res, "world_size": world.size, "sacred_run_id": tracker.run_id}
-        return _finish(tracker, metrics_path, metrics)
+        return _finish_training(tracker, world, p.profile, res, plot_path, metrics_path)
 
-    cfg = {"profile": p.profile, "common": asdict(p.common), "teacher": asdict(p.teacher), "dist": world.record()}
-    try:
-        return _tracked("teacher", cfg, p.common.seed, run) if world.main else run(Tracker())
-    finally:
-        teardown(world)
+    cfg = {"profile": p.profile, "common": asdict(p.common), "teacher": asdict(p.teacher)}
+    return _tracked_ranks("teacher", cfg, p.common.seed, run, world)

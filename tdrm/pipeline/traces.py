@@ -6,9 +6,8 @@ from dataclasses import asdict
 from .. import config
 from ..checkpoint import load_teacher
 from ..device import resolve_device, set_threads
-from ..dist import setup, teardown
-from ..tracking.base import Tracker
-from .common import _finish, _tracked
+from ..dist import setup
+from .common import _finish, _tracked_ranks
 
 def traces_stage(params_path: str, data_dir: str, model_path: str, out_dir: str, metrics_path: str) -> dict:
     from ..traces.record import record
@@ -27,8 +26,5 @@ def traces_stage(params_path: str, data_dir: str, model_path: str, out_dir: str,
                    "world_size": world.size, "sacred_run_id": tracker.run_id}
         return _finish(tracker, metrics_path, metrics)
 
-    cfg = {"profile": p.profile, "common": asdict(p.common), "traces": asdict(p.traces), "dist": world.record()}
-    try:
-        return _tracked("traces", cfg, p.common.seed, run) if world.main else run(Tracker())
-    finally:
-        teardown(world)
+    cfg = {"profile": p.profile, "common": asdict(p.common), "traces": asdict(p.traces)}
+    return _tracked_ranks("traces", cfg, p.common.seed, run, world)
