@@ -58,13 +58,14 @@ def _peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _profile_params(profile: str, params_path: str):
+def _profile_params(profile: str, params_path: str, overrides: dict | None = None):
+    """The params file in `profile`, with nested `overrides` applied after the profile."""
     import yaml
 
     from ..config import from_dict
     raw = yaml.safe_load(Path(params_path).read_text())
     raw["profile"] = profile
-    return from_dict(raw)
+    return from_dict(raw, overrides=overrides)
 
 
 def _shape_of(profile: str, p):

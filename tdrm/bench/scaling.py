@@ -22,16 +22,6 @@ import tempfile
 from pathlib import Path
 
 
-def _params(params_path: str, profile: str, stage: str, steps: int):
-    import yaml
-
-    from ..config import from_dict
-    raw = yaml.safe_load(Path(params_path).read_text())
-    raw["profile"] = profile
-    over = {"steps": steps, "eval_every": 0, "ckpt_every": 0}
-    return from_dict(raw, overrides={stage: over})
-
-
 def worker(stage: str, params_path: str, profile: str, steps: int, data: str, traces: str, teacher_path: str,
            out: str) -> None:
     """One rank of one timed run (under torchrun); rank 0 writes the row to `out` (JSON)."""
@@ -40,7 +30,8 @@ def worker(stage: str, params_path: str, profile: str, steps: int, data: str, tr
     from ..checkpoint import load_teacher
     from ..device import resolve_device, set_threads
     from ..dist import setup, teardown
-    p = _params(params_path, profile, stage, steps)
+    from . import _profile_params
+    p = _profile_params(profile, params_path, {stage: {"steps": steps, "eval_every": 0, "ckpt_every": 0}})
     set_threads(p.common.threads)
     world, device = setup(resolve_device(p.common.device), p.dist.timeout_s)
     with tempfile.TemporaryDirectory() as tmp:
