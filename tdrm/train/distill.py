@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..config import Params
 from ..data.board import to_tokens
 from ..device import check_amp, maybe_compile, resolve_device
-from ..dist import SINGLE, World, all_mean, barrier, loss_scale, per_rank_batch, rows, wrap
+from ..dist import SINGLE, World, all_gather_objects, all_mean, barrier, loss_scale, per_rank_batch, rows, wrap
 from ..diffusion.losses import distillation_loss
 from ..diffusion.samplers import row_step
 from ..diffusion.sampling import generate
@@ -38,6 +38,7 @@ from ..models.denoiser import build_denoiser
 from ..tracking.base import Tracker
 from ..traces.store import TraceReader
 from .. import checkpoint
+from . import carry as chain
 from .optim import EMA, warmup_constant, warmup_cosine
 from ..rng import DISTILL_BATCHES, VALIDATION_SAMPLING, stream
 
@@ -56,6 +57,11 @@ def check_arms(cfg) -> None:
         raise ValueError("distill.ce_rows all needs state y or yz (one modelled row per supervision step)")
     if not 0.0 <= cfg.self_correct_prob <= 1.0:
         raise ValueError(f"distill.self_correct_prob must be in [0, 1], got {cfg.self_correct_prob}")
+    if not 0.0 <= cfg.chain_prob <= 1.0:
+        raise ValueError(f"distill.chain_prob must be in [0, 1], got {cfg.chain_prob}")
+    if cfg.chain_prob and cfg.row_noise != "shared":
+        raise ValueError("distill.chain_prob trains on the shared-level DDIM chain; it needs row_noise shared, "
+                         f"got {cfg.row_noise!r}")
     if cfg.sampler == "ddpm" and cfg.eta != 1.0:
         raise ValueError(f"distill.sampler ddpm samples at eta 1; got distill.eta {cfg.eta} (use ddim for other values)")
     if cfg.sample_steps < 1:
@@ -156,6 +162,9 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         return float(right.all(-1).float().mean()), float(right.float().mean())
 
     def save(path: Path, final: bool) -> None:
+        nonlocal carries
+        if not final and cfg.chain_prob:  # every rank's chains in progress (a collective: all ranks call save)
+            carries = all_gather_objects(None if carry is None else carry.state_dict(), world)
         if not world.main:
             return
         payload = {"kind": "tdrm", "model": model.state_dict(), "ema": ema.state_dict(), "step": step,
@@ -166,7 +175,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
                    "traces_header": reader.manifest["header"], "history": history, "world_size": world.size}
         if not final:
             payload.update(optimizer=opt.state_dict(), generator=gen.get_state(), epoch=epoch, pos=pos,
-                           resume_key=key)
+                           resume_key=key, carry=carries, chains_done=chains_done)
         checkpoint.save(path, payload)
 
     if cfg.lr_schedule not in ("constant", "cosine"):
@@ -197,12 +206,20 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             with torch.no_grad():
                 prev = net(x_t, t, puzzle)
         x0_hat = net(x_t, t, puzzle, prev)
-        if cfg.ce_rows == "all":  # every row against the teacher's argmax at that step, the last against target
-            targets = torch.as_tensor(batch["logits"][:, -x0.shape[1]:].argmax(-1), device=device).long()
-            targets[:, -1] = target
-            ce_logits = codec.step_logits(x0_hat)  # (B, K, N, V)
-        else:
-            targets, ce_logits = target, codec.answer_logits(x0_hat)  # (B, N), (B, N, V)
+        return objective(x0_hat, x0, t, puzzle, ce_targets(batch, target, x0.shape[1]))
+
+    def ce_targets(batch, target, k_rows):
+        """(B, K, N): every row against the teacher's argmax at that step, the last against `target`
+        (ce_rows all); else `target` (B, N) for the answer alone."""
+        if cfg.ce_rows != "all":
+            return target
+        targets = torch.as_tensor(batch["logits"][:, -k_rows:].argmax(-1), device=device).long()
+        targets[:, -1] = target
+        return targets
+
+    def objective(x0_hat, x0, t, puzzle, targets):
+        """(loss, mse, ce, dynamics) of estimates x0_hat of x0 (B, K, L, C) at levels t."""
+        ce_logits = codec.step_logits(x0_hat) if targets.dim() == 3 else codec.answer_logits(x0_hat)
         loss, mse, ce = distillation_loss(x0_hat, x0, t, schedule, weighting=cfg.loss_weighting,
                                           ce_logits=ce_logits, ce_targets=targets, ce_weight=cfg.ce_weight)
         dyn = torch.zeros(())
@@ -210,6 +227,20 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             dyn = codec.dynamics_residual(x0_hat, puzzle).square().mean()
             loss = loss + cfg.dynamics_weight * dyn
         return loss, mse, ce, dyn
+
+    def chain_micro(c, mb):
+        """The loss of one call on carry slots `mb` at their levels, and the detached estimate."""
+        t = levels[c.m[mb]]
+        x0_hat = net(c.x[mb], t, c.puzzle[mb], c.prev[mb] if cfg.denoiser.self_cond else None)
+        return objective(x0_hat, c.x0[mb], t, c.puzzle[mb], c.targets[mb]), x0_hat.detach()
+
+    # the chain carry (chain_prob): this rank's chains in progress, kept in the resume checkpoint
+    levels = chain.chain_levels(schedule, cfg.sample_steps).to(device)
+    carry, chains_done, carries = None, 0, None
+    if ck is not None and ck.get("carry") is not None:
+        mine_state = ck["carry"][world.rank]
+        carry = None if mine_state is None else chain.Carry.from_state(mine_state, device)
+        chains_done = ck.get("chains_done", 0)
 
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress or not world.main, mininterval=2)
@@ -241,27 +272,43 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             target = torch.as_tensor(batch["logits"][:, -1].argmax(-1), device=device).long()
         # the batch's kind, one draw for the whole global batch: error-correcting, self-conditioned, or plain
         kind = "plain"
-        if cfg.self_correct_prob and torch.rand((), generator=gen).item() < cfg.self_correct_prob:
+        if cfg.chain_prob and torch.rand((), generator=gen).item() < cfg.chain_prob and \
+                (carry is not None or x0.shape[0] == local):  # a carry starts from a full batch
+            kind = "chain"  # one call on every chain of the carry (refilled from this batch)
+            fresh = (x0, eps, puzzle, ce_targets(batch, target, x0.shape[1]))
+            if carry is None:
+                carry = chain.start(levels, schedule, *fresh)
+            else:
+                carry, refilled = chain.refill(carry, levels, schedule, *fresh)
+                chains_done += refilled
+        elif cfg.self_correct_prob and torch.rand((), generator=gen).item() < cfg.self_correct_prob:
             kind = "correct"
         elif cfg.denoiser.self_cond and torch.rand((), generator=gen).item() < cfg.self_cond_prob:
             kind = "self_cond"
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
-        n = x0.shape[0]
+        n = carry.x0.shape[0] if kind == "chain" else x0.shape[0]
         micro = [m for i in range(cfg.accum) if (m := rows(n, World(rank=i, size=cfg.accum))).stop > m.start]
-        sums = [0.0, 0.0, 0.0]
+        sums, estimates = [0.0, 0.0, 0.0], []
         for i, mb in enumerate(micro):
             sync = nullcontext() if not world.distributed or i == len(micro) - 1 else ddp.no_sync()
             with sync:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss, mse, ce, dyn = micro_loss(x0[mb], t[mb], t_hi[mb], eps[mb], puzzle[mb], target[mb],
-                                                    {k: v[mb] for k, v in batch.items()}, kind)
+                    if kind == "chain":
+                        (loss, mse, ce, dyn), est = chain_micro(carry, mb)
+                        estimates.append(est.float())
+                    else:
+                        loss, mse, ce, dyn = micro_loss(x0[mb], t[mb], t_hi[mb], eps[mb], puzzle[mb], target[mb],
+                                                        {k: v[mb] for k, v in batch.items()}, kind)
                 # micro-batch means -> the mean over this rank's rows; DDP's rank average -> the global batch
-                scale = (mb.stop - mb.start) / n * (loss_scale(n, b, world) if world.distributed else 1.0)
+                b_all = n * world.size if kind == "chain" else b  # every rank's carry has `local` slots
+                scale = (mb.stop - mb.start) / n * (loss_scale(n, b_all, world) if world.distributed else 1.0)
                 (loss * scale if scale != 1.0 else loss).backward()
             for j, v in enumerate((mse, ce, dyn)):
                 sums[j] += v.item() * (mb.stop - mb.start) / n
+        if kind == "chain":  # every chain one reverse step on with its detached estimate
+            carry = chain.advance(carry, levels, schedule, torch.cat(estimates))
         opt.step()
         ema.update(model)
         step += 1
@@ -272,6 +319,8 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             row = {"step": step, "mse": means[0], "ce": means[1], "minutes": (time.perf_counter() - t0) / 60}
             if cfg.dynamics_weight:
                 row["dynamics"] = means[2]
+            if cfg.chain_prob:
+                row["chains_done"] = chains_done  # this rank's chains run to the end and refilled so far
             window = []
             if world.main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 row["val_exact_ema"], row["val_cell_ema"] = evaluate_ema()
