@@ -4,7 +4,7 @@
         MODE DIR OUT [CRASH_RANK CRASH_STEP]
 
 MODE teacher: the tiny teacher on the dataset in DIR; distill: the tiny denoiser on DIR/tr with
-the teacher DIR/t.pt; traces: the teacher DIR/t.pt's traces of DIR's puzzles into OUT (a directory). OUT is the final checkpoint; the resume file is OUT + ".resume". With
+the teacher DIR/t.pt (chain: the same with the chain carry); traces: the teacher DIR/t.pt's traces of DIR's puzzles into OUT (a directory). OUT is the final checkpoint; the resume file is OUT + ".resume". With
 CRASH_RANK and CRASH_STEP, that rank dies (os._exit(3)) when step CRASH_STEP is logged.
 """
 import os
@@ -23,6 +23,8 @@ from tests.conftest import tiny_params  # noqa: E402
 TEACHER = {"teacher": {"steps": 8, "eval_every": 0, "ckpt_every": 4, "warmup": 4}}
 TRACES = Traces(limit=20, shard_size=8, num_aug=1)  # 40 train items in 5 shards, 20 val in 3: uneven over ranks
 DISTILL = {"distill": {"steps": 12, "eval_every": 0, "ckpt_every": 4, "batch": 32}}
+# the chain carry: every rank keeps the chains of its rows; batches of 8 so that epochs end in short batches
+CHAIN = {"distill": {"steps": 12, "eval_every": 0, "ckpt_every": 4, "batch": 8, "chain_prob": 0.7}}
 
 
 class Crash(Tracker):
@@ -52,7 +54,7 @@ def main(mode: str, d: str, out: str, crash: tuple[int, int] | None = None) -> N
         from tdrm.checkpoint import load_teacher
         from tdrm.train.distill import train_distill
         teacher, _ = load_teacher(d / "t.pt")
-        train_distill(tiny_params(DISTILL), d / "tr", teacher, out, resume_path=out + ".resume", tracker=tracker,
+        train_distill(tiny_params(CHAIN if mode == "chain" else DISTILL), d / "tr", teacher, out, resume_path=out + ".resume", tracker=tracker,
                       progress=False, log_every=1, world=world, device=device)
     teardown(world)
 

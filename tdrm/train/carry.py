@@ -10,7 +10,9 @@ calls, as TRM's detached carry). Finished chains are refilled with fresh traject
 step's batch. The denoiser thus learns to improve on exactly the states its own chain visits.
 
 Slots start staggered (slot i at call i mod S, from the truth noised to that level), so that
-every step refills about B / S slots and every level is in every batch.
+every step refills about B / S slots and every level is in every batch. A finished slot i takes
+row i of the step's batch, and i counts rows of the global batch: under data parallelism each
+rank keeps the chains of its own rows (`dist.rows`), and the carry is the one-process carry.
 
 Shapes: b slots, K rows, L positions, C channels, N cells, S calls per chain.
 """
@@ -49,25 +51,27 @@ class Carry:
 
 
 def start(levels: torch.Tensor, schedule: Schedule, x0: torch.Tensor, eps: torch.Tensor, puzzle: torch.Tensor,
-          targets: torch.Tensor) -> Carry:
-    """A carry of b = len(x0) slots, slot i at call i mod S from the truth noised (eps) to its level."""
+          targets: torch.Tensor, first: int = 0) -> Carry:
+    """A carry of b = len(x0) slots, slot i at call (first + i) mod S from the truth noised (eps) to
+    its level; `first`: the global index of this rank's first row."""
     s = len(levels) - 1
-    m = torch.arange(x0.shape[0], device=x0.device) % s  # (b,)
+    m = (first + torch.arange(x0.shape[0], device=x0.device)) % s  # (b,)
     x = q_sample(x0, levels.to(x0.device)[m], schedule, eps)
     return Carry(x0, x, torch.zeros_like(x0), m, puzzle, targets)
 
 
 def refill(carry: Carry, levels: torch.Tensor, schedule: Schedule, x0: torch.Tensor, eps: torch.Tensor,
            puzzle: torch.Tensor, targets: torch.Tensor) -> tuple[Carry, int]:
-    """Finished slots (m = S) restart at call 0 with fresh rows taken in order from (x0, eps,
-    puzzle, targets) (n rows; cycled when fewer than the finished slots). Returns (carry, refilled)."""
+    """Finished slots (m = S) restart at call 0: slot i with row i of the fresh (x0, eps, puzzle,
+    targets) (row i mod n when an epoch's last batch has fewer rows n than slots). Returns
+    (carry, refilled)."""
     s = len(levels) - 1
     done = (carry.m >= s).nonzero().flatten()  # (r,)
     if len(done) == 0:
         return carry, 0
     if x0.shape[0] < 1:
         raise ValueError("refilling finished chains needs at least one fresh trajectory")
-    src = torch.arange(len(done), device=x0.device) % x0.shape[0]
+    src = done % x0.shape[0]
     t0 = levels[:1].to(x0.device).expand(len(done))
     c = Carry(*(v.clone() for v in (carry.x0, carry.x, carry.prev, carry.m, carry.puzzle, carry.targets)))
     c.x0[done] = x0[src]

@@ -5,6 +5,9 @@ decoded from the predicted last step through the frozen teacher lm_head (Diffusi
 term) + dynamics_weight * the mean squared gap between each predicted step and one teacher move
 from the predicted step before it (`Codec.dynamics_residual`; skipped when the weight is 0). Trajectory batches stream from the sharded traces, epoch e shuffled by rng (seed, e); the
 resume checkpoint keeps weights, EMA, optimizer, generator and (epoch, batch) position.
+With `chain_prob` > 0 that share of steps trains on the model's own sampling chains instead
+(`tdrm.train.carry`: one call per chain per step, the chains carried across steps and kept in the
+resume checkpoint).
 
 Data parallel (`world` of several ranks, under torchrun): every rank reads the same global batch of
 `distill.batch` trajectories and draws its noise levels, noise and coin flips for the whole batch
@@ -277,7 +280,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             kind = "chain"  # one call on every chain of the carry (refilled from this batch)
             fresh = (x0, eps, puzzle, ce_targets(batch, target, x0.shape[1]))
             if carry is None:
-                carry = chain.start(levels, schedule, *fresh)
+                carry = chain.start(levels, schedule, *fresh, first=mine.start)
             else:
                 carry, refilled = chain.refill(carry, levels, schedule, *fresh)
                 chains_done += refilled

@@ -111,6 +111,24 @@ def test_distill_on_two_ranks_equals_one_process_and_a_dead_rank_ends_the_job(tm
     assert_same_weights(tmp_path / "two.pt", tmp_path / "crash.pt")
 
 
+def test_chain_carry_on_two_ranks_equals_one_process_and_resumes(tmp_path):
+    """Each rank carries the chains of its own rows (global slot indices), so 2 ranks train the
+    1-process model; a crash after a checkpoint resumes every rank's chains."""
+    tiny_traces(tmp_path, 30, 20)
+    worker("chain", str(tmp_path), str(tmp_path / "one.pt"))
+    r = torchrun(2, "chain", tmp_path, tmp_path / "two.pt")
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = assert_same_weights(tmp_path / "one.pt", tmp_path / "two.pt")
+    assert one["history"][-1]["chains_done"] > 0  # chains ran to the end and were refilled
+    r = torchrun(2, "chain", tmp_path, tmp_path / "crash.pt", 1, 6)
+    assert r.returncode != 0
+    mid = checkpoint.load(tmp_path / "crash.pt.resume")
+    assert mid["step"] == 4 and len(mid["carry"]) == 2 and all(c["m"].shape == (4,) for c in mid["carry"])
+    r = torchrun(2, "chain", tmp_path, tmp_path / "crash.pt")
+    assert r.returncode == 0 and "resuming from" in r.stdout + r.stderr, r.stderr[-3000:]
+    assert_same_weights(tmp_path / "two.pt", tmp_path / "crash.pt")
+
+
 def test_traces_on_two_ranks_write_the_one_process_bytes(tmp_path):
     """Each rank records every other shard; rank 0 writes the manifests: every file of the output
     equals the one-process output byte for byte (both at one thread per process)."""
