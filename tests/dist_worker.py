@@ -4,7 +4,8 @@
         MODE DIR OUT [CRASH_RANK CRASH_STEP]
 
 MODE teacher: the tiny teacher on the dataset in DIR; distill: the tiny denoiser on DIR/tr with
-the teacher DIR/t.pt (chain: the same with the chain carry); traces: the teacher DIR/t.pt's traces of DIR's puzzles into OUT (a directory). OUT is the final checkpoint; the resume file is OUT + ".resume". With
+the teacher DIR/t.pt (chain: the same with the chain carry); evaluate: the evaluate stage (teacher and
+TDRM DIR/tdrm.pt on DIR's test split, params DIR/params.yaml) writing into the directory OUT; traces: the teacher DIR/t.pt's traces of DIR's puzzles into OUT (a directory). OUT is the final checkpoint; the resume file is OUT + ".resume". With
 CRASH_RANK and CRASH_STEP, that rank dies (os._exit(3)) when step CRASH_STEP is logged.
 """
 import os
@@ -50,6 +51,11 @@ def main(mode: str, d: str, out: str, crash: tuple[int, int] | None = None) -> N
         from tdrm.traces.record import record
         teacher, _ = load_teacher(d / "t.pt")
         record(teacher, d / "t.pt", d, out, TRACES, 0, device, progress=False, world=world)
+    elif mode == "evaluate":  # the evaluate stage with DIR/params.yaml, DIR/t.pt and DIR/tdrm.pt; OUT a directory
+        from tdrm.pipeline.evaluate import evaluate_stage
+        out = Path(out)
+        evaluate_stage(str(d / "params.yaml"), str(d), str(d / "t.pt"), str(out / "teacher.json"), str(out / "t.csv"),
+                       str(d / "tdrm.pt"), None, str(out / "tdrm.json"), str(out / "plots"))
     else:
         from tdrm.checkpoint import load_teacher
         from tdrm.train.distill import train_distill

@@ -67,9 +67,32 @@ def step_mean(schedule: Schedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: in
     return c_x0 * x0_hat + c_eps * eps_hat, sigma
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class RowSlice:
+    """A generator seen by one rank of a data-parallel job: every draw is made for the whole batch
+    of `total` rows (so the generator advances as in one process) and the rows `rows` are kept:
+    rank r's samples get exactly the noise they get in a one-process run."""
+
+    generator: torch.Generator
+    total: int
+    rows: slice
+
+
+def draw_normal(shape: tuple[int, ...], generator: torch.Generator | RowSlice) -> torch.Tensor:
+    """N(0, I) of `shape` (float32, CPU) from `generator`; a `RowSlice` draws its whole batch and
+    returns its rows (shape[0] of them)."""
+    if isinstance(generator, RowSlice):
+        full = torch.randn((generator.total, *shape[1:]), generator=generator.generator, dtype=torch.float32)
+        part = full[generator.rows]
+        if part.shape[0] != shape[0]:
+            raise ValueError(f"a RowSlice of rows {generator.rows} of {generator.total} cannot give {shape[0]} rows")
+        return part
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+def _noise(x: torch.Tensor, generator) -> torch.Tensor:
     """z ~ N(0, I) shaped like x, drawn on the CPU with `generator` (runs repeat on any device)."""
-    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+    return draw_normal(tuple(x.shape), generator).to(x.device, x.dtype)
 
 
 def _chain(model, x_T, rounds, move, *, cond, return_path: bool) -> Sample:
@@ -78,7 +101,8 @@ def _chain(model, x_T, rounds, move, *, cond, return_path: bool) -> Sample:
     x = x_T
     out = Sample(x_T)
     for t, t_prev, t_model in rounds:
-        x0_hat = model(x, t_model, cond)
+        # no rows (a data-parallel rank's empty share of a short batch): no call, the noise is still drawn
+        x0_hat = model(x, t_model, cond) if x.shape[0] else torch.zeros_like(x)
         mean, sigma, x_prev, lp = move(x, x0_hat, t, t_prev)
         if return_path:
             out.path.append(Step(t, t_prev, x, x0_hat, mean, sigma, x_prev, lp))

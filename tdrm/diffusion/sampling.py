@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .samplers import sample_ddim, sample_ddpm, sample_rows
+from .samplers import draw_normal, sample_ddim, sample_ddpm, sample_rows
 
 SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm}
 
@@ -24,13 +24,14 @@ class SelfCondModel:
 
 @torch.no_grad()
 def generate(model, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, steps: int, eta: float,
-             generator: torch.Generator, return_path: bool = False, sigma_floor: float = 0.0,
+             generator, return_path: bool = False, sigma_floor: float = 0.0,
              window: tuple[int, int] | None = None):
     """Sample standardised trajectories (B, K, L, C) for puzzles (B, N); with `return_path`, the
     sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob). `window`:
-    DDIM's stochastic steps (see `sample_ddim`); None = all."""
+    DDIM's stochastic steps (see `sample_ddim`); None = all. `generator`: a torch.Generator, or a
+    `samplers.RowSlice` (a data-parallel rank's rows of a batch drawn whole)."""
     b = puzzle_tokens.shape[0]
-    x_T = torch.randn((b, model.K, model.L, model.C), generator=generator).to(puzzle_tokens.device)
+    x_T = draw_normal((b, model.K, model.L, model.C), generator).to(puzzle_tokens.device)  # a RowSlice: its rows
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
     if sampler == "ddpm" and eta != 1.0:

@@ -5,8 +5,10 @@ import time
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from ..config import Evaluate
+from ..dist import SINGLE, World, gather_rows, rows
 from ..data.board import logits_to_digits, to_tokens
 from ..data.loaders import PuzzleSet
 from ..checkpoint import CheckpointError
@@ -17,20 +19,28 @@ from .teacher import score
 
 
 @torch.no_grad()
-def teacher_run(teacher, ps: PuzzleSet, batch_size: int, device, steps: int) -> tuple[dict, torch.Tensor]:
-    """Teacher metrics over `steps` supervision steps and its y states at the cells (M, K, L, D)."""
+def teacher_run(teacher, ps: PuzzleSet, batch_size: int, device, steps: int,
+                world: World = SINGLE) -> tuple[dict, torch.Tensor]:
+    """Teacher metrics over `steps` supervision steps and its y states at the cells (M, K, L, D).
+    Data parallel (`world`): the metrics are of all puzzles, the states those of this rank's rows
+    `dist.rows` of every batch (what `evaluate_tdrm` pairs them with)."""
     t0 = time.perf_counter()
     preds, ys = [], []
     pre = teacher.cfg.prefix
     for i in range(0, len(ps), batch_size):
-        tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
-        tr = teacher.trace(tokens, steps)
-        preds.append(logits_to_digits(tr.logits).clamp_min(0).to(torch.int8).cpu().numpy())  # (K, B, L)
-        ys.append(tr.y[:, :, pre:].transpose(0, 1).cpu())  # (B, K, L, D)
-    res = score(np.concatenate(preds, axis=1), ps)
+        mine = rows(min(batch_size, len(ps) - i), world)
+        part = ps.puzzles[i + mine.start:i + mine.stop]
+        if not len(part):  # a rank's empty share of a short batch
+            preds.append(gather_rows(torch.zeros((0, steps, ps.puzzles.shape[1]), dtype=torch.int8), world))
+            continue
+        tr = teacher.trace(torch.as_tensor(to_tokens(part), device=device), steps)
+        pred = logits_to_digits(tr.logits).clamp_min(0).to(torch.int8)  # (K, b, L)
+        preds.append(gather_rows(rearrange(pred, "k b l -> b k l"), world).cpu())  # (B, K, L), every rank's rows
+        ys.append(tr.y[:, :, pre:].transpose(0, 1).cpu())  # (b, K, L, D)
+    res = score(rearrange(torch.cat(preds), "m k l -> k m l").numpy(), ps)
     res["seconds"] = time.perf_counter() - t0
-    res["correct"] = (np.concatenate(preds, axis=1)[-1] == ps.solutions).all(-1)
-    return res, torch.cat(ys)
+    res["correct"] = (rearrange(torch.cat(preds), "m k l -> k m l").numpy()[-1] == ps.solutions).all(-1)
+    return res, (torch.cat(ys) if ys else torch.zeros((0, steps, ps.puzzles.shape[1], teacher.cfg.hidden)))
 
 
 def _strip(res: dict) -> dict:
@@ -42,9 +52,10 @@ def _summary(res: dict) -> dict:
 
 
 def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, device, *,
-            control_path=None, progress: bool = True) -> tuple[dict, list[dict], list[dict]]:
+            control_path=None, progress: bool = True, world: World = SINGLE) -> tuple[dict, list[dict], list[dict]]:
     """Returns (metrics, accuracy-against-sampling-steps rows, per-supervision-step rows).
-    `teacher` must be the one the TDRM checkpoint was distilled from (its embedded copy)."""
+    `teacher` must be the one the TDRM checkpoint was distilled from (its embedded copy).
+    Data parallel (`world`): every rank evaluates its rows of each batch and gets the one-process result."""
     model, codec, schedule, ck = load_tdrm(tdrm_path, device)
     ours = teacher.state_dict()
     if ck["teacher"]["model"].keys() != ours.keys() or any(
@@ -52,8 +63,8 @@ def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, devic
         raise CheckpointError(f"{tdrm_path} was distilled from another teacher than the one evaluated")
     d = ck["config"]["distill"]
     k = model.K // codec.layout.rows_per_step  # supervision steps
-    t_res, t_y = teacher_run(codec.teacher, test, cfg.batch_size, device, k)
-    common = dict(batch_size=cfg.batch_size, device=device, seed=seed)
+    t_res, t_y = teacher_run(codec.teacher, test, cfg.batch_size, device, k, world)
+    common = dict(batch_size=cfg.batch_size, device=device, seed=seed, world=world)
     main = evaluate_tdrm(model, codec, schedule, test, sampler=d["sampler"],
                          steps=d["sample_steps"], eta=d["eta"], samples=1, progress=progress,
                          reference=t_y, **common)

@@ -11,7 +11,9 @@ from tqdm import tqdm
 
 from ..data.board import logits_to_digits, to_tokens, valid_boards
 from ..data.loaders import PuzzleSet
+from ..diffusion.samplers import RowSlice
 from ..diffusion.sampling import generate
+from ..dist import SINGLE, World, all_mean, gather_rows, rows
 from .metrics import wilson
 
 
@@ -23,37 +25,49 @@ def cosine_per_step(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps: int,
                   eta: float, samples: int, seed: int, batch_size: int = 64, device="cpu",
-                  progress: bool = False, reference: torch.Tensor | None = None) -> dict:
+                  progress: bool = False, reference: torch.Tensor | None = None, world: World = SINGLE) -> dict:
     """Exact accuracy of the decoded final state; with `samples` > 1, the first sample whose board
     passes the label-free validity check is kept. `codec` decodes (it holds the frozen teacher).
     `reference`: the teacher's y states (M, K, N, D) at the cells of the same puzzles, for the
-    cosine similarity of the first sample per step.
+    cosine similarity of the first sample per step (of this rank's rows, `teacher_states`).
+    Data parallel (`world`): rank r samples its rows `dist.rows` of every batch, with the noise
+    those rows get in one process (`RowSlice`), and the per-puzzle results are gathered, so every
+    rank returns the one-process result.
     The result's `correct` is the per-puzzle (M,) bool array (drop it before writing JSON)."""
     gen = torch.Generator().manual_seed(seed)
     exact, per_step, picked_valid, cos = [], [], [], []
     t0 = time.perf_counter()
-    for i in tqdm(range(0, len(ps), batch_size), desc="eval tdrm", disable=not progress, mininterval=2, leave=False):
-        p = torch.as_tensor(ps.puzzles[i:i + batch_size], device=device).long()
-        s = torch.as_tensor(ps.solutions[i:i + batch_size], device=device).long()
-        tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
+    local = 0  # this rank's rows so far (its rows of `reference`)
+    for i in tqdm(range(0, len(ps), batch_size), desc="eval tdrm", disable=not progress or not world.main,
+                  mininterval=2, leave=False):
+        nb = min(batch_size, len(ps) - i)
+        mine = rows(nb, world)
+        sl = slice(i + mine.start, i + mine.stop)  # this rank's puzzles of the batch
+        p = torch.as_tensor(ps.puzzles[sl], device=device).long()
+        s = torch.as_tensor(ps.solutions[sl], device=device).long()
+        tokens = torch.as_tensor(to_tokens(ps.puzzles[sl]), device=device)
+        g = RowSlice(gen, nb, mine) if world.distributed else gen
         best, best_ok, steps_right = None, None, None
         for j in range(samples):
-            x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=gen)  # (B, R, L, C)
+            x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=g)  # (B, R, L, C)
             y = codec.step_y(x)  # (B, K, N, D)
             boards = logits_to_digits(codec.teacher.lm_head(y))  # (B, K, N) digits
             ok = valid_boards(p, boards[:, -1], ps.shape)
             if best is None:
                 best, best_ok, steps_right = boards[:, -1].clone(), ok.clone(), (boards == s[:, None]).all(-1)
                 if reference is not None:
-                    ref = reference[i:i + batch_size, -y.shape[1]:].to(y.device)
-                    cos.append(cosine_per_step(y, ref).cpu().numpy() * len(y))
+                    ref = reference[local:local + len(y), -y.shape[1]:].to(y.device)
+                    cos.append(cosine_per_step(y, ref).cpu().numpy() * len(y) if len(y) else np.zeros(y.shape[1]))
             else:
                 take = ok & ~best_ok  # keep the first valid sample
                 best[take] = boards[take, -1]
                 best_ok |= ok
-        exact.append((best == s).all(-1).cpu().numpy())
-        per_step.append(steps_right.float().cpu().numpy())
-        picked_valid.append(best_ok.cpu().numpy())
+        local += len(p)
+        exact.append(gather_rows((best == s).all(-1), world).cpu().numpy())
+        per_step.append(gather_rows(steps_right.float(), world).cpu().numpy())
+        picked_valid.append(gather_rows(best_ok, world).cpu().numpy())
+    if cos and world.distributed:  # per-rank sums of cosines -> the sum over all puzzles
+        cos = [np.asarray(all_mean([float(v) for v in np.sum(cos, 0)], world)) * world.size]
     exact = np.concatenate(exact)
     n = int(len(exact))
     seconds = time.perf_counter() - t0

@@ -5,25 +5,32 @@ import time
 
 import numpy as np
 import torch
+from einops import rearrange
 from tqdm import tqdm
 
 from ..data.board import logits_to_digits, to_tokens
 from ..data.loaders import PuzzleSet
+from ..dist import SINGLE, World, gather_rows, rows
 from .metrics import rating_bucket, wilson
 
 
 @torch.no_grad()
 def predict(model, puzzles: np.ndarray, batch_size: int, device, steps: int | None = None,
-            progress: bool = False) -> np.ndarray:
-    """Predicted boards after each supervision step: (K, M, C) int8, digits 1..N."""
+            progress: bool = False, world: World = SINGLE) -> np.ndarray:
+    """Predicted boards after each supervision step: (K, M, C) int8, digits 1..N. Data parallel
+    (`world`): each rank predicts its rows `dist.rows` of every batch; every rank returns all."""
     model.eval()
     out = []
-    for i in tqdm(range(0, len(puzzles), batch_size), desc="eval", disable=not progress,
+    for i in tqdm(range(0, len(puzzles), batch_size), desc="eval", disable=not progress or not world.main,
                   mininterval=2, leave=False):
-        tokens = torch.as_tensor(to_tokens(puzzles[i:i + batch_size]), device=device)
-        tr = model.trace(tokens, steps, keep_states=False)
-        pred = logits_to_digits(tr.logits)  # (K, B, C) tokens -> digits
-        out.append(pred.clamp_min(0).to(torch.int8).cpu().numpy())
+        mine = rows(min(batch_size, len(puzzles) - i), world)
+        part = puzzles[i + mine.start:i + mine.stop]
+        if len(part):
+            tr = model.trace(torch.as_tensor(to_tokens(part), device=device), steps, keep_states=False)
+            pred = logits_to_digits(tr.logits).clamp_min(0).to(torch.int8)  # (K, b, C) tokens -> digits
+        else:  # a rank's empty share of a short batch
+            pred = torch.zeros((steps or model.cfg.n_sup, 0, puzzles.shape[1]), dtype=torch.int8, device=device)
+        out.append(rearrange(gather_rows(rearrange(pred, "k b c -> b k c"), world), "b k c -> k b c").cpu().numpy())
     return np.concatenate(out, axis=1)
 
 
@@ -51,9 +58,9 @@ def score(preds: np.ndarray, ps: PuzzleSet) -> dict:
 
 
 def evaluate(model, ps: PuzzleSet, batch_size: int = 256, device="cpu", steps: int | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, world: World = SINGLE) -> dict:
     t0 = time.perf_counter()
-    preds = predict(model, ps.puzzles, batch_size, device, steps, progress)
+    preds = predict(model, ps.puzzles, batch_size, device, steps, progress, world)
     res = score(preds, ps)
     res["seconds"] = time.perf_counter() - t0
     res["puzzles_per_second"] = res["n"] / max(res["seconds"], 1e-9)

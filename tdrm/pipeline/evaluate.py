@@ -9,7 +9,8 @@ from ..checkpoint import check_size, load_teacher
 from ..data.dataset import load_split
 from ..device import resolve_device, set_threads
 from ..eval.teacher import evaluate
-from .common import _finish, _tracked, _write_csv
+from ..dist import setup
+from .common import _finish, _tracked_ranks, _write_csv
 
 TEACHER_HEADLINE = {"n": "n", "exact": "exact_accuracy", "ci_low": "ci95.0", "ci_high": "ci95.1",
                     "cell": "cell_accuracy", "seconds": "seconds", "train_minutes": "train_minutes",
@@ -27,10 +28,11 @@ def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_pat
                    tdrm_metrics_path: str | None = None, plots_dir: str = "plots") -> dict:
     """The teacher on the test split; with `tdrm_path`, also TDRM against it on the same puzzles
     (metrics/tdrm.json and metrics/details/tdrm.json, accuracy-against-steps and per-step CSV + PNG in `plots_dir`). The HTML
-    report is the `report` stage's (tdrm/pipeline/report.py)."""
+    report is the `report` stage's (tdrm/pipeline/report.py). Under torchrun every rank evaluates its
+    rows of each batch and the per-puzzle results are gathered before the paired tests; rank 0 writes."""
     p = config.load(params_path)
     set_threads(p.common.threads)
-    device = resolve_device(p.common.device)
+    world, device = setup(resolve_device(p.common.device), p.dist.timeout_s)  # torchrun's ranks, or one process
 
     def run(tracker):
         model, ck = load_teacher(model_path, device)
@@ -38,7 +40,13 @@ def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_pat
         check_size(ck, test.shape.cells, f"{data_dir}/test.npz")
         if p.evaluate.limit:
             test = test.take(list(range(min(p.evaluate.limit, len(test)))))
-        res = evaluate(model, test, p.evaluate.batch_size, device, progress=True)
+        res = evaluate(model, test, p.evaluate.batch_size, device, progress=True, world=world)
+        if tdrm_path:  # every rank takes part (its rows of each batch); rank 0 writes
+            from ..eval.compare import compare
+            tdrm_res = compare(model, tdrm_path, test, p.evaluate, p.common.seed, device, control_path=control_path,
+                               progress=world.main, world=world)
+        if not world.main:
+            return res
         for k, acc in enumerate(res["per_step_exact_accuracy"], start=1):
             tracker.log_scalar("test.exact_accuracy_by_step", acc, k)
         _write_csv(plot_path, [{"step": k, "exact_accuracy": a, "cell_accuracy": c} for k, (a, c) in
@@ -48,19 +56,18 @@ def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_pat
                    "sacred_run_id": tracker.run_id}
         _finish(tracker, metrics_path, metrics, TEACHER_HEADLINE)
         if tdrm_path:
-            _compare_tdrm(p, model, test, tdrm_path, control_path, tdrm_metrics_path, plots_dir, tracker, device)
+            _write_tdrm(p, tdrm_res, tdrm_metrics_path, plots_dir, tracker)
         return metrics
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "evaluate": asdict(p.evaluate)}
-    return _tracked("evaluate", cfg, p.common.seed, run)
+    return _tracked_ranks("evaluate", cfg, p.common.seed, run, world)
 
 
-def _compare_tdrm(p, teacher, test, tdrm_path, control_path, metrics_path, plots_dir, tracker, device) -> dict:
-    from ..eval.compare import compare
+def _write_tdrm(p, res, metrics_path, plots_dir, tracker) -> dict:
+    """Rank 0: the TDRM comparison's metrics, CSVs and plots."""
     from ..eval.plots import accuracy_by_steps_png, per_step_png
 
-    metrics, steps_rows, per_step_rows = compare(teacher, tdrm_path, test, p.evaluate, p.common.seed, device,
-                                                 control_path=control_path)
+    metrics, steps_rows, per_step_rows = res
     plots = Path(plots_dir)
     _write_csv(plots / "tdrm_steps.csv", steps_rows)
     _write_csv(plots / "tdrm_per_step.csv", per_step_rows)

@@ -200,3 +200,30 @@ def test_denoiser_prefix_positions_are_learned_conditioning():
         m(x, t, torch.randint(0, 7, (2, 5)))
     with pytest.raises(ValueError, match="prefix positions"):
         Denoiser(cfg, 3, 5, 4, 7, prefix=5)
+
+
+def test_row_slice_gives_a_rank_the_rows_of_the_one_process_sample():
+    """A data-parallel rank's share of a batch (`RowSlice`) is sampled with exactly the noise its
+    rows get when the whole batch is sampled at once, at the start and at every stochastic step;
+    an empty share (a short last batch) draws the same and calls no model."""
+    from tdrm.diffusion.samplers import RowSlice
+    from tdrm.diffusion.sampling import generate
+    from tdrm.dist import World, rows
+    m = _unzeroed(DenoiserConfig(hidden=16, layers=2, heads=2, self_cond=True))
+    tokens = torch.randint(1, 5, (5, 16), generator=torch.Generator().manual_seed(0))
+    sched = make_schedule("cosine", 50)
+    kw = dict(sampler="ddim", steps=4, eta=0.7)
+    whole = generate(m, tokens, sched, generator=torch.Generator().manual_seed(3), **kw)
+    parts = []
+    for r in range(2):
+        mine = rows(5, World(rank=r, size=2))
+        parts.append(generate(m, tokens[mine], sched, generator=RowSlice(torch.Generator().manual_seed(3), 5, mine),
+                              **kw))
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-5, atol=1e-5)
+    g = torch.Generator().manual_seed(3)
+    empty = generate(m, tokens[:0], sched, generator=RowSlice(g, 5, slice(5, 5)), **kw)
+    assert empty.shape == (0, *whole.shape[1:])
+    assert torch.equal(g.get_state(), (lambda h: (generate(m, tokens, sched, generator=h, **kw), h)[1])(
+        torch.Generator().manual_seed(3)).get_state())  # the generator advanced as for the whole batch
+    with pytest.raises(ValueError, match="cannot give 2 rows"):
+        generate(m, tokens[:2], sched, generator=RowSlice(torch.Generator(), 5, slice(0, 3)), **kw)

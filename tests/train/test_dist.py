@@ -129,6 +129,57 @@ def test_chain_carry_on_two_ranks_equals_one_process_and_resumes(tmp_path):
     assert_same_weights(tmp_path / "two.pt", tmp_path / "crash.pt")
 
 
+def _results(d):
+    """The evaluate stage's details files without what differs between runs (timings, run ids)."""
+    import json
+    drop = {"seconds", "seconds_per_puzzle", "puzzles_per_second", "sacred_run_id"}
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items() if k not in drop}
+        return [clean(x) for x in v] if isinstance(v, list) else v
+    return [clean(json.loads((d / "details" / f).read_text())) for f in ("teacher.json", "tdrm.json")]
+
+
+def test_evaluate_on_two_ranks_gathers_the_one_process_result(tmp_path, params_raw):
+    """Each rank evaluates its rows of every batch (the last batch of 1 puzzle leaves rank 1 none)
+    with the noise those rows get in one process; the gathered per-puzzle results give the
+    one-process metrics and paired tests, written once by rank 0."""
+    import numpy as np
+    import yaml
+    from tdrm.checkpoint import load_tdrm
+    from tdrm.data.board import logits_to_digits, to_tokens
+    from tdrm.diffusion.sampling import generate
+    from tdrm.train.distill import train_distill
+    teacher = tiny_traces(tmp_path, 30, 20)
+    train_distill(tiny_params(DISTILL), tmp_path / "tr", teacher, tmp_path / "tdrm.pt", progress=False)
+    # a tiny model solves nothing, so the test split's "solutions" become the boards the one-process
+    # main run samples for the even puzzles (and the true ones elsewhere): scoring 0.5 needs each
+    # rank to sample its puzzles with exactly the one-process noise
+    model, codec, sched, _ = load_tdrm(tmp_path / "tdrm.pt")
+    z = dict(np.load(tmp_path / "test.npz"))
+    gen, boards = torch.Generator().manual_seed(tiny_params().common.seed), []
+    for i in range(0, len(z["puzzles"]), 33):
+        x = generate(model, torch.as_tensor(to_tokens(z["puzzles"][i:i + 33])), sched, sampler="ddim", steps=5,
+                     eta=0.0, generator=gen)
+        boards.append(logits_to_digits(codec.answer_logits(x)).numpy())
+    z["solutions"][::2] = np.concatenate(boards)[::2]
+    np.savez_compressed(tmp_path / "test.npz", **z)
+    params_raw["profile"] = "tiny"
+    params_raw["evaluate"].update(batch_size=33, best_of_eta=0.5)  # 100 test puzzles: 33, 33, 33, 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw))
+    worker("evaluate", str(tmp_path), str(tmp_path / "one"))
+    r = torchrun(2, "evaluate", tmp_path, tmp_path / "two")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (t1, d1), (t2, d2) = _results(tmp_path / "one"), _results(tmp_path / "two")
+    assert t1 == t2 and t1["n"] == 100
+    cos1, cos2 = d1["tdrm"].pop("per_step_cosine_to_teacher"), d2["tdrm"].pop("per_step_cosine_to_teacher")
+    assert cos1 == pytest.approx(cos2, rel=1e-5)  # sums over ranks in another order
+    assert d1 == d2 and d1["best_of_n"]["eta"] == 0.5 and d1["tdrm"]["exact_accuracy"] == 0.5
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.name.isdigit())
+    assert len(runs) == 2  # one Sacred run per launch: rank 1 of the 2-process job recorded nothing
+
+
 def test_traces_on_two_ranks_write_the_one_process_bytes(tmp_path):
     """Each rank records every other shard; rank 0 writes the manifests: every file of the output
     equals the one-process output byte for byte (both at one thread per process)."""
