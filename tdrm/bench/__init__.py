@@ -279,13 +279,14 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
         tokens = torch.as_tensor(to_tokens(ps.puzzles[:8]), device=device)
         cost = inference_cost(codec, model, tokens, diag["calls"])
         vs_t = mcnemar_exact(list(res["correct"]), list(teacher_correct))
-        arms = {k: d.get(k) for k in ("state", "row_noise", "row_lag", "ce_rows", "self_correct_prob")}
+        arms = {k: d.get(k) for k in ("state", "row_noise", "row_lag", "ce_rows", "self_correct_prob", "chain_prob")}
         arms["recur"] = d["denoiser"].get("recur", 1)
         row = {"model": path, "arms": " ".join(f"{k}={v}" for k, v in arms.items()), "n": res["n"],
                "exact": res["exact_accuracy"], "ci95": "[{:.3f}, {:.3f}]".format(*res["ci95"]),
                "calls": diag["calls"], "vs_teacher": f"{vs_t['only_first']}/{vs_t['only_second']} p={vs_t['p_value']:.2g}",
                "by_row": " ".join(f"{v:.3f}" for v in diag["exact_by_row"]),
                "by_call": " ".join(f"{v:.2f}" for v in diag["exact_by_call"]),
+               "cells": diag["cell_by_call"][-1],
                "changed_after_early": float(np.sum(diag["blank_changed_by_call"][diag["early_call"]:])),
                "early_fixed": diag["wrong_after_early_fixed_at_end"],
                "gflops": cost["tdrm_flops"] / 1e9, "seconds": secs}
