@@ -92,6 +92,16 @@ def rows(n: int, world: World) -> slice:
     return slice(start, start + base + (1 if world.rank < extra else 0))
 
 
+def batch_shares(n: int, batch_size: int, world: World):
+    """For each batch of `batch_size` of n items in order (the last may be short): (its size, this
+    rank's rows of it `rows(size, world)`, the same rows as a slice of the n items). How
+    evaluation splits its batches over ranks."""
+    for i in range(0, n, batch_size):
+        size = min(batch_size, n - i)
+        mine = rows(size, world)
+        yield size, mine, slice(i + mine.start, i + mine.stop)
+
+
 def loss_scale(n_local: int, n_global: int, world: World) -> float:
     """Factor on a rank's per-sample-mean loss so that DDP's gradient average over ranks equals the
     gradient of the mean over the whole global batch, also when the ranks' rows differ in number

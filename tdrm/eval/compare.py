@@ -8,7 +8,7 @@ import torch
 from einops import rearrange
 
 from ..config import Evaluate
-from ..dist import SINGLE, World, gather_rows, rows
+from ..dist import SINGLE, World, batch_shares, gather_rows
 from ..data.board import logits_to_digits, to_tokens
 from ..data.loaders import PuzzleSet
 from ..checkpoint import CheckpointError
@@ -27,9 +27,8 @@ def teacher_run(teacher, ps: PuzzleSet, batch_size: int, device, steps: int,
     t0 = time.perf_counter()
     preds, ys = [], []
     pre = teacher.cfg.prefix
-    for i in range(0, len(ps), batch_size):
-        mine = rows(min(batch_size, len(ps) - i), world)
-        part = ps.puzzles[i + mine.start:i + mine.stop]
+    for _, _, sl in batch_shares(len(ps), batch_size, world):
+        part = ps.puzzles[sl]
         if not len(part):  # a rank's empty share of a short batch
             preds.append(gather_rows(torch.zeros((0, steps, ps.puzzles.shape[1]), dtype=torch.int8), world))
             continue
@@ -37,9 +36,10 @@ def teacher_run(teacher, ps: PuzzleSet, batch_size: int, device, steps: int,
         pred = logits_to_digits(tr.logits).clamp_min(0).to(torch.int8)  # (K, b, L)
         preds.append(gather_rows(rearrange(pred, "k b l -> b k l"), world).cpu())  # (B, K, L), every rank's rows
         ys.append(tr.y[:, :, pre:].transpose(0, 1).cpu())  # (b, K, L, D)
-    res = score(rearrange(torch.cat(preds), "m k l -> k m l").numpy(), ps)
+    preds = rearrange(torch.cat(preds), "m k l -> k m l").numpy()  # (K, M, L) every puzzle
+    res = score(preds, ps)
     res["seconds"] = time.perf_counter() - t0
-    res["correct"] = (rearrange(torch.cat(preds), "m k l -> k m l").numpy()[-1] == ps.solutions).all(-1)
+    res["correct"] = (preds[-1] == ps.solutions).all(-1)
     return res, (torch.cat(ys) if ys else torch.zeros((0, steps, ps.puzzles.shape[1], teacher.cfg.hidden)))
 
 

@@ -13,7 +13,7 @@ from ..data.board import logits_to_digits, to_tokens, valid_boards
 from ..data.loaders import PuzzleSet
 from ..diffusion.samplers import RowSlice
 from ..diffusion.sampling import generate
-from ..dist import SINGLE, World, all_mean, gather_rows, rows
+from ..dist import SINGLE, World, all_mean, batch_shares, gather_rows
 from .metrics import wilson
 
 
@@ -38,11 +38,8 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
     exact, per_step, picked_valid, cos = [], [], [], []
     t0 = time.perf_counter()
     local = 0  # this rank's rows so far (its rows of `reference`)
-    for i in tqdm(range(0, len(ps), batch_size), desc="eval tdrm", disable=not progress or not world.main,
-                  mininterval=2, leave=False):
-        nb = min(batch_size, len(ps) - i)
-        mine = rows(nb, world)
-        sl = slice(i + mine.start, i + mine.stop)  # this rank's puzzles of the batch
+    for nb, mine, sl in tqdm(list(batch_shares(len(ps), batch_size, world)), desc="eval tdrm",
+                       disable=not progress or not world.main, mininterval=2, leave=False):
         p = torch.as_tensor(ps.puzzles[sl], device=device).long()
         s = torch.as_tensor(ps.solutions[sl], device=device).long()
         tokens = torch.as_tensor(to_tokens(ps.puzzles[sl]), device=device)

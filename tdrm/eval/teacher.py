@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..data.board import logits_to_digits, to_tokens
 from ..data.loaders import PuzzleSet
-from ..dist import SINGLE, World, gather_rows, rows
+from ..dist import SINGLE, World, batch_shares, gather_rows
 from .metrics import rating_bucket, wilson
 
 
@@ -21,10 +21,9 @@ def predict(model, puzzles: np.ndarray, batch_size: int, device, steps: int | No
     (`world`): each rank predicts its rows `dist.rows` of every batch; every rank returns all."""
     model.eval()
     out = []
-    for i in tqdm(range(0, len(puzzles), batch_size), desc="eval", disable=not progress or not world.main,
-                  mininterval=2, leave=False):
-        mine = rows(min(batch_size, len(puzzles) - i), world)
-        part = puzzles[i + mine.start:i + mine.stop]
+    for _, _, sl in tqdm(list(batch_shares(len(puzzles), batch_size, world)), desc="eval",
+                      disable=not progress or not world.main, mininterval=2, leave=False):
+        part = puzzles[sl]
         if len(part):
             tr = model.trace(torch.as_tensor(to_tokens(part), device=device), steps, keep_states=False)
             pred = logits_to_digits(tr.logits).clamp_min(0).to(torch.int8)  # (K, b, C) tokens -> digits
