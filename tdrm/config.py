@@ -132,6 +132,7 @@ class Denoiser:
     recur: int = 1  # apply the (weight-tied) block stack this many times per call (issue 13, arm 2)
     arch: str = "dit"  # dit (the transformer above) | move (row k = a TRM step from row k-1, plus a learned correction)
     init: str = "random"  # arch move: random | teacher (the TRM core starts as a copy of the teacher's network)
+    latent_cond: bool = False  # latent self-conditioning: each call also reads the previous call's hidden state (RIN)
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,18 @@ SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm}
 
 
 class SelfCondModel:
-    """Sampler-facing closure x0_hat = model(x_t, t, puzzle, previous x0_hat)."""
+    """Sampler-facing closure x0_hat = model(x_t, t, puzzle, previous x0_hat), and with the
+    denoiser's `latent_cond` the previous call's hidden state as well."""
 
     def __init__(self, model, puzzle: torch.Tensor):
-        self.model, self.puzzle, self.prev = model, puzzle, None
+        self.model, self.puzzle, self.prev, self.hidden = model, puzzle, None, None
 
     def __call__(self, x, t, cond=None):
-        out = self.model(x, t, self.puzzle, self.prev if self.model.cfg.self_cond else None)
+        prev = self.prev if self.model.cfg.self_cond else None
+        if getattr(self.model.cfg, "latent_cond", False):
+            out, self.hidden = self.model(x, t, self.puzzle, prev, self.hidden, return_hidden=True)
+        else:
+            out = self.model(x, t, self.puzzle, prev)
         self.prev = out
         return out
 

@@ -8,6 +8,12 @@ alternate attention over steps (per cell) and over cells (per step). Time enters
 (DiT, Peebles & Xie 2023): each block's shift/scale/gate come from the time embedding through a
 zero-initialised linear, so every block starts as the identity. The output is x0_hat (B, K, L, C).
 
+Latent self-conditioning (`latent_cond`, Recurrent Interface Networks, Jabri et al. 2022, arXiv
+2212.11972): the call also reads the previous call's last hidden state (B, K+1, L, D) through a
+LayerNorm and a zero-initialised linear added to its input tokens, so a sampling chain carries a
+latent from call to call as TRM carries z from one supervision step to the next (None = zeros:
+the first call of a chain). Zero-initialised, the model starts as the one without it.
+
 Shapes: B batch, K steps, L positions (P prefix + N cells), C channels, D hidden, H heads, E head dim.
 """
 from __future__ import annotations
@@ -110,11 +116,17 @@ class Denoiser(nn.Module):
         for m in (self.final_ada, self.out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
+        self.latent = None
+        if cfg.latent_cond:  # made last, so every other weight's init is the model's without it
+            self.latent = nn.Sequential(nn.LayerNorm(d), Linear(d, d, g))
+            nn.init.zeros_(self.latent[1].weight)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, puzzle: torch.Tensor,
-                x0_prev: torch.Tensor | None = None) -> torch.Tensor:
+                x0_prev: torch.Tensor | None = None, h_prev: torch.Tensor | None = None, *,
+                return_hidden: bool = False):
         """x_t (B, K, L, C), t (B,) steps or (B, K) one step per row (the clean puzzle row at 0),
-        puzzle tokens (B, N) -> x0_hat (B, K, L, C)."""
+        puzzle tokens (B, N) -> x0_hat (B, K, L, C); with `return_hidden`, (x0_hat, h) with h the
+        last hidden state (B, K+1, L, D), what `latent_cond` reads back as `h_prev` in the next call."""
         b = x_t.shape[0]
         if x_t.shape[1:] != (self.K, self.L, self.C):
             raise ValueError(f"expected trajectories (B, {self.K}, {self.L}, {self.C}), got {tuple(x_t.shape)}")
@@ -129,6 +141,12 @@ class Denoiser(nn.Module):
         cond = cond[:, None]  # (B, 1, L, D): the clean puzzle row, also added to every step
         h = torch.cat([cond, h + cond], dim=1) + self.step_pos[None, :, None] + self.cell_pos[None, None]
         d = self.cfg.hidden
+        if self.latent is not None:  # (B, K1, L, D): the previous call's latent, zeros at a chain's start
+            if h_prev is not None and h_prev.shape != h.shape:
+                raise ValueError(f"expected a previous hidden state {tuple(h.shape)}, got {tuple(h_prev.shape)}")
+            h = h + self.latent(torch.zeros_like(h) if h_prev is None else h_prev.to(h.dtype))
+        elif h_prev is not None:
+            raise ValueError("a previous hidden state was given to a denoiser without latent_cond")
         if t.dim() == 2:  # per-row levels (B, K); the puzzle row is clean
             if t.shape != (b, self.K):
                 raise ValueError(f"expected per-row steps ({b}, {self.K}), got {tuple(t.shape)}")
@@ -139,13 +157,15 @@ class Denoiser(nn.Module):
         for _ in range(self.cfg.recur):  # weight-tied recursion over the block stack
             for blk in self.blocks:
                 h = blk(h, temb)
+        hidden = h  # (B, K1, L, D)
         if temb.dim() == 3:
             shift, scale = self.final_ada(F.silu(temb[:, 1:])).reshape(b * self.K, 2 * d).chunk(2, dim=-1)
             h = adaln(h[:, 1:].reshape(b * self.K, self.L, d), shift, scale)[1]
         else:
             shift, scale = self.final_ada(F.silu(temb)).chunk(2, dim=-1)
             h = adaln(h[:, 1:].reshape(b, -1, d), shift, scale)[1]  # modulate(layer_norm(.)), kernels.adaln
-        return self.out(h).reshape(b, self.K, self.L, self.C)
+        x0_hat = self.out(h).reshape(b, self.K, self.L, self.C)
+        return (x0_hat, hidden) if return_hidden else x0_hat
 
 
 def row_lag_of(cfg) -> float | None:
@@ -163,6 +183,8 @@ def build_denoiser(cfg, steps: int, cells: int, channels: int, vocab: int, prefi
         return Denoiser(dc, steps, cells, channels, vocab, prefix=prefix, row_lag=row_lag_of(cfg))
     if dc.arch != "move":
         raise ValueError(f"denoiser arch must be dit or move, got {dc.arch!r}")
+    if dc.latent_cond:
+        raise ValueError("denoiser latent_cond is a dit option: arch move carries the teacher's state instead")
     if cfg.state != "yz":
         raise ValueError(f"denoiser arch move models the teacher's (y, z) rows: it needs distill.state yz, got {cfg.state!r}")
     if cfg.final_only:

@@ -14,7 +14,10 @@ every step refills about B / S slots and every level is in every batch. A finish
 row i of the step's batch, and i counts rows of the global batch: under data parallelism each
 rank keeps the chains of its own rows (`dist.rows`), and the carry is the one-process carry.
 
-Shapes: b slots, K rows, L positions, C channels, N cells, S calls per chain.
+With the denoiser's `latent_cond` each slot also carries the last call's hidden state (detached,
+zeros for a fresh chain), as the sampler passes it from call to call.
+
+Shapes: b slots, K rows, L positions, C channels, N cells, S calls per chain, D hidden.
 """
 from __future__ import annotations
 
@@ -41,13 +44,14 @@ class Carry:
     m: torch.Tensor        # (b,) long
     puzzle: torch.Tensor   # (b, N)
     targets: torch.Tensor  # (b, N) or (b, K, N): the cross-entropy targets
+    hidden: torch.Tensor | None = None  # (b, K+1, L, D) the last call's hidden state (latent_cond), None = zeros
 
     def state_dict(self) -> dict:
-        return {f.name: getattr(self, f.name).cpu() for f in fields(self)}
+        return {f.name: None if (v := getattr(self, f.name)) is None else v.cpu() for f in fields(self)}
 
     @classmethod
     def from_state(cls, state: dict, device) -> "Carry":
-        return cls(**{f.name: state[f.name].to(device) for f in fields(cls)})
+        return cls(**{f.name: None if (v := state.get(f.name)) is None else v.to(device) for f in fields(cls)})
 
 
 def start(levels: torch.Tensor, schedule: Schedule, x0: torch.Tensor, eps: torch.Tensor, puzzle: torch.Tensor,
@@ -73,23 +77,28 @@ def refill(carry: Carry, levels: torch.Tensor, schedule: Schedule, x0: torch.Ten
         raise ValueError("refilling finished chains needs at least one fresh trajectory")
     src = done % x0.shape[0]
     t0 = levels[:1].to(x0.device).expand(len(done))
-    c = Carry(*(v.clone() for v in (carry.x0, carry.x, carry.prev, carry.m, carry.puzzle, carry.targets)))
+    c = Carry(*(None if (v := getattr(carry, f.name)) is None else v.clone() for f in fields(carry)))
     c.x0[done] = x0[src]
     c.x[done] = q_sample(x0[src], t0, schedule, eps[src])
     c.prev[done] = 0.0
     c.m[done] = 0
     c.puzzle[done] = puzzle[src]
     c.targets[done] = targets[src]
+    if c.hidden is not None:
+        c.hidden[done] = 0.0
     return c, len(done)
 
 
-def advance(carry: Carry, levels: torch.Tensor, schedule: Schedule, x0_hat: torch.Tensor) -> Carry:
+def advance(carry: Carry, levels: torch.Tensor, schedule: Schedule, x0_hat: torch.Tensor,
+            hidden: torch.Tensor | None = None) -> Carry:
     """One deterministic DDIM reverse step of every slot with its (detached) estimate x0_hat
-    (b, K, L, C), from level levels[m] to levels[m + 1]: what the sampler at eta 0 feeds the next call."""
+    (b, K, L, C), from level levels[m] to levels[m + 1]: what the sampler at eta 0 feeds the next call;
+    `hidden` (b, K+1, L, D): the call's hidden state, carried to the next call (latent_cond)."""
     lv = levels.to(carry.m.device)
     k = carry.x.shape[1]
     t = lv[carry.m][:, None].expand(-1, k)  # (b, K)
     t_next = lv[carry.m + 1][:, None].expand(-1, k)
     x0_hat = x0_hat.detach()
     x_next = row_step(schedule, carry.x, x0_hat, t, t_next, eta=0.0)[0]
-    return Carry(carry.x0, x_next, x0_hat, carry.m + 1, carry.puzzle, carry.targets)
+    return Carry(carry.x0, x_next, x0_hat, carry.m + 1, carry.puzzle, carry.targets,
+                 None if hidden is None else hidden.detach())

@@ -69,6 +69,9 @@ def check_arms(cfg) -> None:
         raise ValueError(f"distill.sampler ddpm samples at eta 1; got distill.eta {cfg.eta} (use ddim for other values)")
     if cfg.sample_steps < 1:
         raise ValueError(f"distill.sample_steps must be >= 1, got {cfg.sample_steps}")
+    if cfg.denoiser.latent_cond and not cfg.denoiser.self_cond:
+        raise ValueError("distill.denoiser.latent_cond trains on self-conditioning's two-pass batches: "
+                         "it needs denoiser.self_cond true")
 
 
 def draw_levels(cfg, b: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,20 +199,26 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     def micro_loss(x0, t, t_hi, eps, puzzle, target, batch, kind):
         """The loss of one (micro-)batch of this rank's rows: (loss, mse, ce, dynamics)."""
         x_t = q_sample(x0, t, schedule, eps)
-        prev = None
+        prev, hid = None, None  # the first pass's estimate (self_cond) and hidden state (latent_cond)
         if kind == "correct":
             # error-correcting batch: the model's own (detached) estimate one sampling round noisier,
             # moved to t by the deterministic reverse step, is what it must denoise (and its self-cond input)
             with torch.no_grad():
                 x_hi = q_sample(x0, t_hi, schedule, eps)
-                x0_hi = net(x_hi, t_hi, puzzle)
+                x0_hi, hid = first_pass(x_hi, t_hi, puzzle)
                 x_t = self_correct_input(schedule, x_hi, x0_hi, t_hi, t)
                 prev = x0_hi if cfg.denoiser.self_cond else None
         elif kind == "self_cond":
             with torch.no_grad():
-                prev = net(x_t, t, puzzle)
-        x0_hat = net(x_t, t, puzzle, prev)
+                prev, hid = first_pass(x_t, t, puzzle)
+        x0_hat = net(x_t, t, puzzle, prev, hid) if latent else net(x_t, t, puzzle, prev)
         return objective(x0_hat, x0, t, puzzle, ce_targets(batch, target, x0.shape[1]))
+
+    latent = cfg.denoiser.latent_cond
+
+    def first_pass(x, t, puzzle):
+        """(x0_hat, hidden or None) of a call without a previous estimate."""
+        return net(x, t, puzzle, return_hidden=True) if latent else (net(x, t, puzzle), None)
 
     def ce_targets(batch, target, k_rows):
         """(B, K, N): every row against the teacher's argmax at that step, the last against `target`
@@ -234,8 +243,15 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     def chain_micro(c, mb):
         """The loss of one call on carry slots `mb` at their levels, and the detached estimate."""
         t = levels[c.m[mb]]
-        x0_hat = net(c.x[mb], t, c.puzzle[mb], c.prev[mb] if cfg.denoiser.self_cond else None)
-        return objective(x0_hat, c.x0[mb], t, c.puzzle[mb], c.targets[mb]), x0_hat.detach()
+        prev = c.prev[mb] if cfg.denoiser.self_cond else None
+        hid = None
+        if latent:
+            x0_hat, hid = net(c.x[mb], t, c.puzzle[mb], prev, None if c.hidden is None else c.hidden[mb],
+                              return_hidden=True)
+            hid = hid.detach()
+        else:
+            x0_hat = net(c.x[mb], t, c.puzzle[mb], prev)
+        return objective(x0_hat, c.x0[mb], t, c.puzzle[mb], c.targets[mb]), (x0_hat.detach(), hid)
 
     # the chain carry (chain_prob): this rank's chains in progress, kept in the resume checkpoint
     levels = chain.chain_levels(schedule, cfg.sample_steps).to(device)
@@ -293,14 +309,15 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         opt.zero_grad(set_to_none=True)
         n = carry.x0.shape[0] if kind == "chain" else x0.shape[0]
         micro = [m for i in range(cfg.accum) if (m := rows(n, World(rank=i, size=cfg.accum))).stop > m.start]
-        sums, estimates = [0.0, 0.0, 0.0], []
+        sums, estimates, hiddens = [0.0, 0.0, 0.0], [], []
         for i, mb in enumerate(micro):
             sync = nullcontext() if not world.distributed or i == len(micro) - 1 else ddp.no_sync()
             with sync:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     if kind == "chain":
-                        (loss, mse, ce, dyn), est = chain_micro(carry, mb)
+                        (loss, mse, ce, dyn), (est, hid) = chain_micro(carry, mb)
                         estimates.append(est.float())
+                        hiddens.append(None if hid is None else hid.float())
                     else:
                         loss, mse, ce, dyn = micro_loss(x0[mb], t[mb], t_hi[mb], eps[mb], puzzle[mb], target[mb],
                                                         {k: v[mb] for k, v in batch.items()}, kind)
@@ -311,7 +328,8 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             for j, v in enumerate((mse, ce, dyn)):
                 sums[j] += v.item() * (mb.stop - mb.start) / n
         if kind == "chain":  # every chain one reverse step on with its detached estimate
-            carry = chain.advance(carry, levels, schedule, torch.cat(estimates))
+            carry = chain.advance(carry, levels, schedule, torch.cat(estimates),
+                                  torch.cat(hiddens) if latent else None)
         opt.step()
         ema.update(model)
         step += 1

@@ -151,3 +151,50 @@ def test_recursive_denoiser_r1_is_the_plain_one_and_r2_iterates_the_same_blocks(
     assert torch.allclose(base(x, t, puzzle), b, atol=1e-6)
     with pytest.raises(ValueError, match="recur"):
         _denoiser(recur=0)
+
+
+def test_latent_cond_starts_as_the_plain_denoiser_and_reads_the_previous_hidden_state():
+    """latent_cond adds the previous call's hidden state through a zero-initialised linear: freshly
+    built it computes exactly the model without it, whatever the hidden state; trained (perturbed)
+    the output depends on it, None is the zero state, and a wrong shape is refused."""
+    cfg = DenoiserConfig(hidden=32, layers=2, heads=2, cell_mixer="mlp", self_cond=True)
+    plain = Denoiser(cfg, steps=3, cells=8, channels=6, vocab=5)
+    lat = Denoiser(dataclasses.replace(cfg, latent_cond=True), steps=3, cells=8, channels=6, vocab=5)
+    x, t, puzzle = torch.randn(2, 3, 8, 6), torch.tensor([5, 40]), torch.randint(1, 5, (2, 8))
+    ref, h = plain(x, t, puzzle, x, return_hidden=True)
+    assert h.shape == (2, 4, 8, 32)
+    for k, v in plain.state_dict().items():  # the same init for every shared weight
+        assert torch.equal(lat.state_dict()[k], v), k
+    assert torch.equal(lat(x, t, puzzle, x, torch.randn(2, 4, 8, 32)), ref)
+    m = _denoiser(latent_cond=True)
+    h_prev = torch.randn(2, 4, 8, 32)
+    a = m(x, t, puzzle, x, h_prev)
+    assert not torch.allclose(a, m(x, t, puzzle, x, 2 * h_prev + 1))
+    assert torch.equal(m(x, t, puzzle, x), m(x, t, puzzle, x, torch.zeros_like(h_prev)))
+    out, hid = m(x, t, puzzle, x, h_prev, return_hidden=True)
+    assert torch.equal(out, a) and hid.shape == h_prev.shape
+    with pytest.raises(ValueError, match="previous hidden state"):
+        m(x, t, puzzle, x, torch.zeros(2, 3, 8, 32))
+    with pytest.raises(ValueError, match="without latent_cond"):
+        plain(x, t, puzzle, x, h_prev)
+
+
+def test_sampler_carries_the_hidden_state_from_call_to_call():
+    """With latent_cond every call of a sampling chain reads the previous call's hidden state (and
+    estimate); the first call reads none."""
+    from tdrm.diffusion.sampling import generate
+    m = _denoiser(latent_cond=True)
+    calls = []
+    orig = m.forward
+
+    def fwd(x, t, puzzle, x0_prev=None, h_prev=None, *, return_hidden=False):
+        out = orig(x, t, puzzle, x0_prev, h_prev, return_hidden=return_hidden)
+        calls.append((x0_prev, h_prev, *out) if return_hidden else None)
+        return out
+    m.forward = fwd
+    sched = make_schedule("cosine", 40, 1.0)
+    generate(m, torch.randint(1, 5, (2, 8)), sched, sampler="ddim", steps=4, eta=0.0,
+             generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 4 and calls[0][0] is None and calls[0][1] is None
+    for (_, _, est, hid), (prev, h_prev, _, _) in zip(calls, calls[1:]):
+        assert torch.equal(prev, est) and torch.equal(h_prev, hid)

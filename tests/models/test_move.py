@@ -86,6 +86,7 @@ def test_per_row_levels_and_gradients_reach_the_core():
     ({}, {"hidden": 64}, "must equal the teacher's hidden 32"),
     ({}, {"init": "copy"}, "init must be random or teacher"),
     ({}, {"arch": "unet"}, "arch must be dit or move"),
+    ({}, {"latent_cond": True}, "latent_cond is a dit option"),
 ])
 def test_move_arch_refuses_what_it_cannot_model(over, den, msg):
     teacher = TRM(MODEL, cells=16, vocab=6)

@@ -317,3 +317,13 @@ def test_rl_refuses_bad_settings(distilled, tmp_path):
                       ({"spg_beta": 0.0}, "spg_beta"), ({"spg_mix": -0.1}, "spg_mix")]:
         with pytest.raises(ValueError, match=msg):
             train_rl(tiny_params({"rl": over}), distilled / "tdrm.pt", distilled, tmp_path / "x.pt", progress=False)
+    # a latent_cond denoiser: its rollouts would need every call's hidden state for the step log-probs
+    from tdrm import checkpoint
+    ck = checkpoint.load(distilled / "tdrm.pt")
+    ck["config"]["distill"]["denoiser"]["latent_cond"] = True
+    ck["model"].update({"latent.0.weight": torch.ones(32), "latent.0.bias": torch.zeros(32),
+                        "latent.1.weight": torch.zeros(32, 32)})
+    ck["ema"] = {**ck["ema"], **{k: v for k, v in ck["model"].items() if k.startswith("latent.")}}
+    checkpoint.save(tmp_path / "latent.pt", ck)
+    with pytest.raises(ValueError, match="latent_cond denoiser is not built"):
+        train_rl(tiny_params({}), tmp_path / "latent.pt", distilled, tmp_path / "x.pt", progress=False)

@@ -53,6 +53,33 @@ def test_carried_chain_is_the_ddim_sampler_chain():
     assert not torch.allclose(c.x, x_T)
 
 
+def test_carried_chain_with_latent_cond_is_the_sampler_chain():
+    """With latent_cond the carry keeps each call's hidden state, and S calls and `advance`s of a
+    real denoiser reproduce `generate` exactly; a refilled slot's hidden state is zeroed."""
+    from ..diffusion.test_rows import _denoiser
+    sched, model, steps = make_schedule("cosine", 50, 2.0), _denoiser(latent_cond=True), 5
+    levels = chain.chain_levels(sched, steps)
+    puzzle = torch.randint(1, 5, (4, 8))
+    ref = generate(model, puzzle, sched, sampler="ddim", steps=steps, eta=0.0,
+                   generator=torch.Generator().manual_seed(7))
+    x_T = torch.randn((4, 3, 8, 6), generator=torch.Generator().manual_seed(7))
+    c = chain.Carry(torch.zeros_like(x_T), x_T, torch.zeros_like(x_T), torch.zeros(4, dtype=torch.long), puzzle,
+                    torch.zeros(4, 8, dtype=torch.long))
+    with torch.no_grad():
+        for m in range(steps):
+            x0_hat, hid = model(c.x, levels[c.m], c.puzzle, c.prev if m else None, c.hidden, return_hidden=True)
+            c = chain.advance(c, levels, sched, x0_hat, hid)
+            assert torch.equal(c.hidden, hid)
+    torch.testing.assert_close(c.x, ref, rtol=1e-5, atol=1e-5)
+    fresh = torch.randn((4, 3, 8, 6))
+    r, n = chain.refill(c, levels, sched, fresh, fresh, puzzle, c.targets)
+    assert n == 4 and not r.hidden.any() and c.hidden.any()
+    state = chain.Carry.from_state(r.state_dict(), "cpu")
+    assert torch.equal(state.hidden, r.hidden)
+    assert chain.Carry.from_state(chain.start(levels, sched, fresh, fresh, puzzle, c.targets).state_dict(),
+                                  "cpu").hidden is None
+
+
 def test_start_staggers_and_refill_replaces_only_finished_chains():
     sched, steps = make_schedule("cosine", 50, 2.0), 4
     levels = chain.chain_levels(sched, steps)
@@ -112,13 +139,15 @@ def test_training_on_the_carry_feeds_each_call_the_last_calls_step(setup, monkey
         assert not prev_next[~going].any()
 
 
-def test_chain_training_resumes_to_identical_weights(setup, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("latent", [False, True], ids=["plain", "latent_cond"])
+def test_chain_training_resumes_to_identical_weights(setup, tmp_path, latent):  # noqa: F811
     """The carry is part of the resume checkpoint: a crash and resume ends where the uninterrupted
-    run does (without it, the resumed run would restart its chains and differ)."""
+    run does (without it, the resumed run would restart its chains and differ); with latent_cond
+    the carried hidden states too."""
     p, d, teacher = setup
     p = tiny_params({"distill": {**DISTILL, "steps": 60, "eval_every": 0, "ckpt_every": 20, "chain_prob": 0.5,
                                  "self_correct_prob": 0.5, "ce_rows": "all",
-                                 "denoiser": {**DISTILL["denoiser"], "self_cond": True}}})
+                                 "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": latent}}})
     train_distill(p, d / "tr", teacher, tmp_path / "a.pt", resume_path=tmp_path / "ra.pt", progress=False,
                   log_every=10)
     with pytest.raises(KeyboardInterrupt):
@@ -126,6 +155,7 @@ def test_chain_training_resumes_to_identical_weights(setup, tmp_path):  # noqa: 
                       progress=False, log_every=10)
     ck = checkpoint.load(tmp_path / "rb.pt")
     assert ck["step"] == 40 and ck["carry"][0]["m"].shape == (32,) and ck["chains_done"] > 0
+    assert (ck["carry"][0]["hidden"] is not None) == latent
     train_distill(p, d / "tr", teacher, tmp_path / "b.pt", resume_path=tmp_path / "rb.pt", progress=False,
                   log_every=10)
     a, b = checkpoint.load(tmp_path / "a.pt"), checkpoint.load(tmp_path / "b.pt")
@@ -137,7 +167,8 @@ def test_chain_training_resumes_to_identical_weights(setup, tmp_path):  # noqa: 
 def test_chain_prob_refuses_bad_values(setup, tmp_path):  # noqa: F811
     _, d, teacher = setup
     for over, msg in [({"chain_prob": 1.5}, "chain_prob must be in"),
-                      ({"chain_prob": 0.5, "row_noise": "rolling"}, "needs row_noise shared")]:
+                      ({"chain_prob": 0.5, "row_noise": "rolling"}, "needs row_noise shared"),
+                      ({"denoiser": {**DISTILL["denoiser"], "self_cond": False, "latent_cond": True}}, "needs denoiser.self_cond")]:
         with pytest.raises(ValueError, match=msg):
             train_distill(tiny_params({"distill": {**DISTILL, **over}}), d / "tr", teacher, tmp_path / "x.pt",
                           progress=False)

@@ -134,7 +134,9 @@ def test_distill_refuses_settings_it_cannot_compute(setup, tmp_path):
 
 ARMS = [{"row_noise": "rolling", "row_lag": 1.0}, {"row_noise": "independent", "row_lag": 0.5},
         {"ce_rows": "all"}, {"self_correct_prob": 1.0}, {"denoiser": {**DISTILL["denoiser"], "recur": 2}},
-        {"row_noise": "rolling", "row_lag": 0.5, "ce_rows": "all", "self_correct_prob": 0.5}]
+        {"row_noise": "rolling", "row_lag": 0.5, "ce_rows": "all", "self_correct_prob": 0.5},
+        {"self_correct_prob": 0.5, "chain_prob": 0.3,
+         "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True}}]
 
 
 @pytest.mark.parametrize("arm", ARMS, ids=lambda a: "+".join(f"{k}={v}" for k, v in a.items() if k != "denoiser")
@@ -154,6 +156,7 @@ def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, 
     rolling = arm.get("row_noise", "shared") != "shared"
     assert model.row_lag == (arm["row_lag"] if rolling else None)
     assert model.cfg.recur == arm.get("denoiser", {}).get("recur", 1)
+    assert model.cfg.latent_cond == arm.get("denoiser", {}).get("latent_cond", False)
     res = evaluate_tdrm(model, codec, sched, load_split(d, "val"), sampler="ddim", steps=6, eta=0.0, samples=1, seed=0)
     assert res["n"] == 30 and len(res["per_step_exact_accuracy_first_sample"]) == teacher.cfg.n_sup
 
