@@ -8,6 +8,8 @@ distributed happens. The loops keep the global batch of params.yaml and give ran
 `rows(n, world)` of every global batch, so every rank draws the same random numbers for the whole
 batch (noise levels, noise, coin flips) and keeps its own slice: results do not depend on the
 world size beyond floating-point summation order. Only rank 0 writes files and the Sacred run.
+RL is the exception: its ranks keep different numbers of rollout groups, so it averages gradients
+with one all_reduce per optimizer step (`gradient_sync`) instead of DDP's per-backward hooks.
 """
 from __future__ import annotations
 
@@ -117,6 +119,33 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
     from torch.nn.parallel import DistributedDataParallel
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def gradient_sync(model: torch.nn.Module, n_local: int, n_global: int, world: World):
+    """For loops whose ranks make different numbers of backward passes per optimizer step (RL: a
+    rank keeps however many groups had reward variance, maybe none), where DDP's per-backward
+    reducer does not fit: a callable that, before each optimizer step, sums every rank's gradients
+    weighted n_local / n_global (so the result is the gradient of the mean over all n_global
+    samples of per-rank means over n_local) with one all_reduce. Every trainable parameter takes
+    part (zeros where a rank has no gradient), so ranks that start equal stay equal. One process: None."""
+    if not world.distributed:
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def sync() -> None:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params]) * (n_local / n_global)
+        dev = _comm_device(world)
+        buf = flat.to(dev)
+        dist.all_reduce(buf)
+        buf = buf.to(flat.device)
+        i = 0
+        for p in params:
+            p.grad.copy_(buf[i:i + p.numel()].view_as(p))
+            i += p.numel()
+    return sync
 
 
 def _comm_device(world: World) -> torch.device:

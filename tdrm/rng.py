@@ -15,6 +15,7 @@ DISTILL_BATCHES = 3  # tdrm.train.distill: epoch e's order of trace batches, key
 RL_ORDER = 4  # tdrm.rl.train: epoch e's order of training puzzles, keys (e,)
 
 VALIDATION_SAMPLING = 1  # torch generator seed offset of in-training validation sampling (seed + 1)
+RL_RANK_SEED = 1_000_003  # tdrm.rl.train: data-parallel rank r's rollout generator is seeded seed + r x this
 
 
 def stream(seed: int, stream_id: int, *keys: int) -> np.random.Generator:

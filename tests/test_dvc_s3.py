@@ -156,9 +156,10 @@ def test_exp_run_with_set_params_and_exp_show(tmp_path):
     for stage, m in (("evaluate", metrics), ("rl", rl)):  # metrics/teacher.json comes from evaluate
         rec = runs.load(str(m["sacred_run_id"])).record
         assert (rec["stage"], rec["dvc_exp"], rec["dvc_baseline"], rec["status"]) == (stage, "lr2e-3-g2", head, "COMPLETED")
-    # dist.nproc = 2: teacher, distill and the control trained under torchrun on 2 gloo processes, and
+    # dist.nproc = 2: teacher, distill, the control and rl trained under torchrun on 2 gloo processes, and
     # each wrote one metrics file and one Sacred run (rank 0's), which records the launch
-    for stage, name in (("teacher", "teacher_train"), ("distill", "distill_train"), ("distill_control", "distill_k1_train")):
+    for stage, name in (("teacher", "teacher_train"), ("distill", "distill_train"), ("distill_control", "distill_k1_train"),
+                        ("rl", "rl")):
         trained = data["metrics"][f"metrics/{name}.json"]["data"]
         assert trained["world_size"] == 2, stage
         (run,) = [runs.load(i) for i in runs.ids() if runs.load(i).record["stage"] == stage]

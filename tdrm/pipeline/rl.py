@@ -6,29 +6,33 @@ from pathlib import Path
 
 from .. import config
 from ..device import resolve_device, set_threads
-from .common import _finish, _tracked, _write_csv
+from ..dist import setup
+from .common import _finish, _tracked_ranks, _write_csv
 
 RL_HEADLINE = {"n": "n", "exact": "after.exact_accuracy", "ci_low": "after.ci95.0", "ci_high": "after.ci95.1",
                "before_exact": "before.exact_accuracy", "diff_points": "difference_points",
                "p_value": "paired_after_vs_before.p_value", "steps": "sampling_steps",
-               "train_minutes": "train_minutes", "sacred_run_id": "sacred_run_id"}
+               "train_minutes": "train_minutes", "world_size": "world_size", "sacred_run_id": "sacred_run_id"}
 
 def rl_stage(params_path: str, data_dir: str, tdrm_path: str, model_out: str, metrics_path: str,
              plots_dir: str = "plots", resume_dir: str = "checkpoints") -> dict:
-    """GRPO on the distilled TDRM (`rl` params), then the test split before and after RL:
-    metrics/rl.json (+ metrics/details/rl.json), plots/rl_train.csv (reward curve), plots/rl_steps.{csv,png}."""
+    """RL (`rl.estimator`) on the distilled TDRM (`rl` params), then the test split before and after RL:
+    metrics/rl.json (+ metrics/details/rl.json), plots/rl_train.csv (reward curve), plots/rl_steps.{csv,png}.
+    Under torchrun the ranks share the rollouts and the evaluation (`tdrm.rl.train`); rank 0 writes."""
     from ..eval.plots import rl_png
     from ..rl.train import before_after, train_rl
 
     p = config.load(params_path)
     set_threads(p.common.threads)
-    device = resolve_device(p.common.device)
+    world, device = setup(resolve_device(p.common.device), p.dist.timeout_s)  # torchrun's ranks, or one process
 
     def run(tracker):
         res = train_rl(p, tdrm_path, data_dir, model_out, resume_path=Path(resume_dir) / "rl-resume.pt",
-                       tracker=tracker)
+                       tracker=tracker, progress=world.main, world=world, device=device)
         history = res.pop("history")
-        ev, rows = before_after(p, tdrm_path, model_out, data_dir, device)
+        ev, rows = before_after(p, tdrm_path, model_out, data_dir, device, progress=world.main, world=world)
+        if not world.main:
+            return ev
         plots = Path(plots_dir)
         _write_csv(plots / "rl_train.csv", history)
         _write_csv(plots / "rl_steps.csv", rows)
@@ -41,8 +45,9 @@ def rl_stage(params_path: str, data_dir: str, tdrm_path: str, model_out: str, me
                    "train_steps": res["steps"], "train_minutes": res["minutes"],
                    "final_reward_mean": last.get("reward_mean"), "final_solve_rate": last.get("solve_rate"),
                    "exact_accuracy_before": ev["before"]["exact_accuracy"],
-                   "exact_accuracy_after": ev["after"]["exact_accuracy"], **ev, "sacred_run_id": tracker.run_id}
+                   "exact_accuracy_after": ev["after"]["exact_accuracy"], **ev, "world_size": world.size,
+                   "sacred_run_id": tracker.run_id}
         return _finish(tracker, metrics_path, metrics, RL_HEADLINE)
 
     cfg = {"profile": p.profile, "common": asdict(p.common), "rl": asdict(p.rl)}
-    return _tracked("rl", cfg, p.common.seed, run)
+    return _tracked_ranks("rl", cfg, p.common.seed, run, world)

@@ -66,7 +66,8 @@ def step_log_prob(model, batch: Batch, i: int, schedule: Schedule, eta: float, s
     return gaussian_log_prob(st.x_prev, mean, sigma, reduce="mean"), mean, sigma
 
 
-def grpo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
+def grpo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator,
+                sync=None) -> dict:
     """GRPO over the chain (DDPO / Flow-GRPO): for a random `train_step_fraction` of the stochastic
     steps, the clipped-ratio loss on per-dimension mean log-probs plus beta times the closed-form
     KL to the reference's step. Keeps all of GRPO: group-relative std-normalised advantages, the
@@ -95,13 +96,14 @@ def grpo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generato
             row["approx_kl"] += st["approx_kl"] / k
             row["kl"] += float(kl.detach()) / k
             row["policy_loss"] += float(pg.detach()) / k
-        row["grad_norm"] = _step(model, opt, cfg.grad_clip)
+        row["grad_norm"] = _step(model, opt, cfg.grad_clip, sync)
         row["epoch"] = epoch
         stats.append(row)
     return _summarise(stats)
 
 
-def elbo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
+def elbo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator,
+                sync=None) -> dict:
     """SPG-like ablation: the denoising loss of each generated trajectory at one random noise level
     (the negative ELBO up to constants) weighted by its advantage, `elbo_surrogate_loss`. Keeps
     GRPO's group-relative std-normalised advantages; drops the importance ratio and its clip (the
@@ -122,12 +124,13 @@ def elbo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generato
         loss = elbo_surrogate_loss(loss_pol, loss_ref, batch.adv, cfg.elbo_negative_weight, cfg.elbo_trust)
         loss.backward()
         stats.append({"policy_loss": float(loss.detach()), "denoise_loss": float(loss_pol.detach().mean()),
-                      "denoise_loss_ref": float(loss_ref.mean()), "grad_norm": _step(model, opt, cfg.grad_clip),
+                      "denoise_loss_ref": float(loss_ref.mean()), "grad_norm": _step(model, opt, cfg.grad_clip, sync),
                       "epoch": epoch})
     return _summarise(stats)
 
 
-def awm_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
+def awm_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator,
+                sync=None) -> dict:
     """Advantage Weighted Matching (arXiv 2509.25050): each rollout's clean sample x0, re-noised with
     fresh noise at `rl.awm_levels` stratified levels in [1, awm_max_level * T] (the noisiest end
     skipped: there the prediction barely depends on x0), is denoised by the policy; `awm_loss` weights
@@ -157,11 +160,12 @@ def awm_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
             total += float(loss.detach())
         err, anchor = torch.stack(err, 1), torch.stack(anchor, 1)  # (S, M)
         stats.append({"policy_loss": total, "denoise_loss": float(err.mean()), "anchor": float(anchor.mean()),
-                      "grad_norm": _step(model, opt, cfg.grad_clip), "epoch": epoch})
+                      "grad_norm": _step(model, opt, cfg.grad_clip, sync), "epoch": epoch})
     return _summarise(stats)
 
 
-def spg_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
+def spg_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator,
+                sync=None) -> dict:
     """SPG (arXiv 2510.09541) with forward-process likelihood bounds: each rollout's clean sample x0,
     re-noised at `rl.awm_levels` stratified levels in [1, awm_max_level * T] as for awm, gives its
     per-level denoising errors; `spg_loss` maximises the lower bound (ELBO surrogate) of samples with
@@ -207,11 +211,12 @@ def spg_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
             total += float(loss.detach())
         err, anchor = torch.cat(err_all), torch.cat(anchor_all)  # (S, M)
         stats.append({"policy_loss": total, "denoise_loss": float(err.mean()), "anchor": float(anchor.mean()),
-                      "grad_norm": _step(model, opt, cfg.grad_clip), "epoch": epoch})
+                      "grad_norm": _step(model, opt, cfg.grad_clip, sync), "epoch": epoch})
     return _summarise(stats)
 
 
-def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator) -> dict:
+def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator,
+                sync=None) -> dict:
     """Rejection-sampling fine-tuning, the baseline every estimator must beat at equal rollout
     budget: distillation's denoising loss (uniform weights, one random level per sample per
     optimizer step) on the policy's own samples that passed the label-free validity check (the
@@ -236,7 +241,7 @@ def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
         loss = awm_loss(err[:, None], batch.adv, anchor[:, None], cfg.anchor_beta)
         loss.backward()
         stats.append({"policy_loss": float(loss.detach()), "denoise_loss": float(err.detach().mean()),
-                      "anchor": float(anchor.detach().mean()), "grad_norm": _step(model, opt, cfg.grad_clip),
+                      "anchor": float(anchor.detach().mean()), "grad_norm": _step(model, opt, cfg.grad_clip, sync),
                       "epoch": epoch})
     return _summarise(stats)
 
@@ -244,7 +249,20 @@ def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
 UPDATES = {"grpo": grpo_update, "elbo": elbo_update, "awm": awm_update, "spg": spg_update, "rft": rft_update}
 
 
-def _step(model, opt, grad_clip: float) -> float:
+def idle_update(model, opt, cfg, sync) -> dict:
+    """A data-parallel rank without a kept group this round: its `cfg.inner_epochs` optimizer steps
+    with zero gradients of its own, so that it takes part in every gradient sum (`sync`,
+    `dist.gradient_sync`) and steps with the others' gradients."""
+    for _ in range(cfg.inner_epochs):
+        opt.zero_grad(set_to_none=True)
+        _step(model, opt, cfg.grad_clip, sync)
+    return {}
+
+
+def _step(model, opt, grad_clip: float, sync=None) -> float:
+    """Clip and step; `sync` (data parallel) first sums the ranks' gradients."""
+    if sync is not None:
+        sync()
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     opt.step()

@@ -9,6 +9,14 @@ and elbo drop groups whose rewards are all equal (zero advantage; counted as ski
 `rl.filter_groups` replace them by fresh puzzles (more rollouts, counted in `rollout_puzzles`); rft
 keeps the samples that pass the validity check, from any group. The frozen reference is the
 distilled model itself.
+
+Data parallel (`world`, under torchrun): every rank follows the same epoch order and takes its
+`dist.rows` slice of each draw of puzzles (rl.puzzles divides over the ranks; a group never
+straddles ranks), samples with its own generator (seed + rank x `RL_RANK_SEED`), and the ranks'
+gradients are summed weighted by their kept samples before each optimizer step
+(`dist.gradient_sync`; a rank that kept no group steps with the others' gradients). filter_groups
+refills the global shortfall from the shared stream. Statistics are gathered (counts summed, the
+rest averaged over ranks), validation and the test evaluation split their puzzles, rank 0 writes.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ from ..config import Params
 from ..data.board import logits_to_digits, to_tokens
 from ..data.dataset import load_split
 from ..device import resolve_device
+from ..dist import SINGLE, World, all_gather_objects, gradient_sync, per_rank_batch, rows
 from ..eval.metrics import mcnemar_exact
 from ..eval.tdrm import evaluate_tdrm
 from ..tracking.base import Tracker
@@ -35,9 +44,22 @@ from ..diffusion.samplers import check_window
 from ..traces.store import sha256_file
 from .estimators import awm_advantages, curriculum_weights, rft_keep, spg_advantages, weighted_order
 from .grpo import group_advantages
-from .phase import UPDATES, Batch, concat, subset
+from .phase import UPDATES, Batch, concat, idle_update, subset
 from .reward import reward
-from ..rng import RL_ORDER, VALIDATION_SAMPLING, stream
+from ..rng import RL_ORDER, RL_RANK_SEED, VALIDATION_SAMPLING, stream
+
+COUNTS = ("skipped_groups", "groups", "trained_samples", "rollout_puzzles", "refilled_groups")
+
+
+def gather_stats(stats: dict, world: World) -> dict:
+    """One step's statistics over ranks: the counts (`COUNTS`) summed, every other value averaged
+    over the ranks that have it (ranks hold equal numbers of puzzles)."""
+    if not world.distributed:
+        return stats
+    every = all_gather_objects(stats, world)
+    keys = dict.fromkeys(k for st in every for k in st)
+    return {k: (sum if k in COUNTS else lambda v: sum(v) / len(v))([st[k] for st in every if k in st])
+            for k in keys}
 
 
 def _check(cfg) -> None:
@@ -101,12 +123,14 @@ def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, gener
 
 def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_path: str | Path, *,
              resume_path: str | Path | None = None, tracker: Tracker | None = None, progress: bool = True,
-             log_every: int = 1) -> dict:
+             log_every: int = 1, world: World = SINGLE, device=None) -> dict:
     """Writes `out_path` (a TDRM checkpoint whose weights are the RL policy; `tdrm eval` reads it
-    and defaults to the rollout's number of steps) and returns metrics with the training history."""
+    and defaults to the rollout's number of steps) and returns metrics with the training history.
+    `world`: this process's place under torchrun (module docstring); rank 0 writes."""
     cfg, tracker = params.rl, tracker or Tracker()
     _check(cfg)
-    device = resolve_device(params.common.device)
+    local = per_rank_batch(cfg.puzzles, world, "rl.puzzles")  # this rank's puzzles per rollout batch
+    device = device if device is not None else resolve_device(params.common.device)
     model, codec, schedule, ck = load_tdrm(tdrm_path, device)
     if getattr(model.cfg, "latent_cond", False):
         raise ValueError(f"{tdrm_path}: RL over a latent_cond denoiser is not built: the recorded chain keeps each "
@@ -121,7 +145,7 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
         raise ValueError(f"size mismatch: {tdrm_path} models {codec.teacher.cells}-cell boards, "
                          f"{data_dir} holds {train.shape.cells}-cell puzzles")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(params.common.seed)
+    gen = torch.Generator().manual_seed(params.common.seed + RL_RANK_SEED * world.rank)
     update = UPDATES[cfg.estimator]
     step, epoch, pos, history = 0, 0, 0, []
     key = {"rl": asdict(cfg), "seed": params.common.seed, "tdrm_sha256": sha256_file(Path(tdrm_path))}
@@ -129,12 +153,17 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
     if resume_path and resume_path.is_file():
         rk = checkpoint.load(resume_path, map_location=device)
         if rk.get("resume_key") == key:
+            if rk.get("world_size", 1) != world.size:
+                raise ValueError(f"{resume_path} was written by {rk.get('world_size', 1)} processes; this run has "
+                                 f"{world.size}: resume at the same world size (dist.nproc x nodes) or delete it")
             model.load_state_dict(rk["model"])
             opt.load_state_dict(rk["optimizer"])
-            gen.set_state(rk["generator"])
+            gens = rk["generator"] if isinstance(rk["generator"], list) else [rk["generator"]]
+            gen.set_state(gens[world.rank])
             step, epoch, pos, history = rk["step"], rk["epoch"], rk["pos"], rk["history"]
-            print(f"resuming from {resume_path} at step {step}")
-        else:
+            if world.main:
+                print(f"resuming from {resume_path} at step {step}")
+        elif world.main:
             print(f"ignoring {resume_path}: it belongs to another config or model")
     val_set = val.take(np.arange(min(cfg.val_limit, len(val))))
 
@@ -142,18 +171,22 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
         model.eval()
         r = evaluate_tdrm(model, codec, schedule, val_set, sampler="ddim", steps=cfg.sample_steps, eta=0.0,
                           samples=1, seed=params.common.seed + VALIDATION_SAMPLING,
-                          batch_size=params.evaluate.batch_size, device=device)
+                          batch_size=params.evaluate.batch_size, device=device, world=world)
         return r["exact_accuracy"]
 
     def save(path: Path, final: bool) -> None:
+        """Rank 0 writes; every rank calls it (the generators are gathered for the resume file)."""
+        gens = all_gather_objects(gen.get_state(), world) if not final else None
+        if not world.main:
+            return
         dcfg = {**ck["config"]["distill"], "sampler": "ddim", "sample_steps": cfg.sample_steps, "eta": 0.0}
         payload = {**{k: v for k, v in ck.items() if k not in ("format", "optimizer", "generator")},
                    "model": model.state_dict(), "ema": model.state_dict(), "step": step,
                    "config": {**ck["config"], "distill": dcfg, "rl": asdict(cfg)},
                    "rl": {"from": str(tdrm_path), "from_sha256": key["tdrm_sha256"], "history": history}}
         if not final:
-            payload.update(optimizer=opt.state_dict(), generator=gen.get_state(), epoch=epoch, pos=pos,
-                           resume_key=key, history=history)
+            payload.update(optimizer=opt.state_dict(), generator=gens if world.distributed else gens[0],
+                           epoch=epoch, pos=pos, resume_key=key, history=history, world_size=world.size)
         checkpoint.save(path, payload)
 
     weights = curriculum_weights(train.ratings, cfg.curriculum_power) if cfg.curriculum == "rating" else None
@@ -173,19 +206,28 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
         return idx
 
     def rollouts() -> tuple[Batch | None, dict]:
-        """One rollout batch; with rl.filter_groups, groups without reward variance are replaced by
-        fresh puzzles for up to rl.max_rollout_rounds rounds in all (each round's rollouts counted)."""
-        batch, stats = rollout_batch(model, codec, schedule, train.puzzles[draw(cfg.puzzles)], train.shape, cfg,
-                                     gen, device)
-        stats["rollout_puzzles"] = cfg.puzzles
+        """This rank's rollout batch; with rl.filter_groups, groups without reward variance are replaced
+        by fresh puzzles for up to rl.max_rollout_rounds rounds in all (each round's rollouts counted):
+        every round draws the global shortfall and each rank takes its own."""
+        batch, stats = rollout_batch(model, codec, schedule, train.puzzles[draw(cfg.puzzles)[rows(cfg.puzzles, world)]],
+                                     train.shape, cfg, gen, device)
+        stats["rollout_puzzles"] = local
         if not cfg.filter_groups or cfg.estimator == "rft":
             return batch, stats
         batches = [] if batch is None else [batch]
         have, rounds = stats["groups"] - stats["skipped_groups"], 1
-        while have < cfg.puzzles and rounds < cfg.max_rollout_rounds:
-            more = cfg.puzzles - have
-            b, st = rollout_batch(model, codec, schedule, train.puzzles[draw(more)], train.shape, cfg, gen, device)
+        while rounds < cfg.max_rollout_rounds:
+            short = [local - h for h in all_gather_objects(have, world)]  # every rank's shortfall
+            if not sum(short):
+                break
+            ids = draw(sum(short))
+            first = sum(short[:world.rank])
+            more = short[world.rank]
             rounds += 1
+            if not more:
+                continue
+            b, st = rollout_batch(model, codec, schedule, train.puzzles[ids[first:first + more]], train.shape, cfg,
+                                  gen, device)
             stats["rollout_puzzles"] += more
             stats["refilled_groups"] = stats.get("refilled_groups", 0) + st["groups"] - st["skipped_groups"]
             for k in ("skipped_groups", "groups", "trained_samples"):
@@ -197,15 +239,21 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
         return (concat(batches) if batches else None), stats
 
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"rl {cfg.estimator}", disable=not progress, mininterval=2)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"rl {cfg.estimator}", disable=not progress or not world.main,
+               mininterval=2)
     window: list[dict] = []
     order = epoch_order(epoch)
     while step < cfg.steps:
         model.eval()
         batch, stats = rollouts()
-        if batch is not None:
+        n_local = 0 if batch is None else int(batch.adv.shape[0])
+        n_all = sum(all_gather_objects(n_local, world)) if world.distributed else n_local
+        if n_all:  # some rank kept a group: every rank steps (with the gradient sum under torchrun)
             model.train()
-            stats.update(update(model, ref, opt, batch, schedule, cfg, gen))
+            sync = gradient_sync(model, n_local, n_all, world)
+            stats.update(update(model, ref, opt, batch, schedule, cfg, gen, sync=sync) if batch is not None
+                         else idle_update(model, opt, cfg, sync))
+        stats = gather_stats(stats, world)
         step += 1
         bar.update(1)
         window.append(stats)
@@ -217,20 +265,22 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
             window = []
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 row["val_exact"] = val_accuracy()
-            tracker.log_row("rl", row)
+            if world.main:
+                tracker.log_row("rl", row)
             history.append(row)
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", solved=f"{row['solve_rate']:.3f}")
         if resume_path and cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
             save(resume_path, final=False)
     bar.close()
-    checkpoint.finish(save, out_path, resume_path)
+    checkpoint.finish(save, out_path, resume_path, world.main)
     return {"steps": step, "minutes": (time.perf_counter() - t0) / 60, "history": history}
 
 
-def before_after(params: Params, tdrm_path, rl_path, data_dir, device, progress: bool = True
-                 ) -> tuple[dict, list[dict]]:
+def before_after(params: Params, tdrm_path, rl_path, data_dir, device, progress: bool = True,
+                 world: World = SINGLE) -> tuple[dict, list[dict]]:
     """Test-split exact accuracy of the distilled and the RL model (deterministic DDIM) at each of
-    `rl.eval_steps` sampling steps, with CIs; the paired test at the rollout setting."""
+    `rl.eval_steps` sampling steps, with CIs; the paired test at the rollout setting. Under torchrun
+    every rank evaluates its rows and gets the gathered result."""
     cfg = params.rl
     test = load_split(data_dir, "test")
     if cfg.eval_limit is not None:
@@ -243,7 +293,7 @@ def before_after(params: Params, tdrm_path, rl_path, data_dir, device, progress:
         for name, (m, codec, sched, _) in models.items():
             r = evaluate_tdrm(m, codec, sched, test, sampler="ddim", steps=s, eta=0.0, samples=1,
                               seed=params.common.seed, batch_size=params.evaluate.batch_size, device=device,
-                              progress=progress)
+                              progress=progress and world.main, world=world)
             row[f"{name}_exact_accuracy"] = r["exact_accuracy"]
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = r["ci95"]
             if s == cfg.sample_steps:

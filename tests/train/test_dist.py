@@ -212,3 +212,50 @@ def test_scaling_bench_times_both_stages_at_each_process_count(tmp_path, tiny_pa
     for r in rows:
         assert r["samples_per_s"] == pytest.approx(r["global_batch"] * 3 / r["seconds"], rel=0.02)
     assert "samples_per_s" in capsys.readouterr().out  # the printed table
+
+
+def test_rl_on_two_ranks_keeps_groups_whole_steps_together_and_resumes(tmp_path):
+    """RL under torchrun: each rank rolls out its half of every global draw of puzzles (whole groups),
+    the ranks' weights stay identical (one gradient sum per optimizer step, also when a rank kept no
+    group), the reward curve is logged once (rank 0), and a crash resumes at the same world size only."""
+    import json
+
+    from ..dist_worker import RL
+    from tdrm.train.distill import train_distill
+    teacher = tiny_traces(tmp_path, 30, 20)
+    train_distill(tiny_params(DISTILL), tmp_path / "tr", teacher, tmp_path / "tdrm.pt", progress=False)
+    worker("rl", str(tmp_path), str(tmp_path / "one.pt"))
+    r = torchrun(2, "rl", tmp_path, tmp_path / "two.pt")
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = json.loads((tmp_path / "one.pt.rank0.json").read_text())
+    r0, r1 = (json.loads((tmp_path / f"two.pt.rank{i}.json").read_text()) for i in (0, 1))
+    steps, local = RL["rl"]["steps"], RL["rl"]["puzzles"] // 2
+    # the first draw is the same global draw in both runs, split in halves; every first round holds 2 puzzles
+    assert r0["calls"][0] + r1["calls"][0] == one["calls"][0] and len(r0["calls"][0]) == local
+    assert len(r0["rows"]) == steps and r1["rows"] == []  # logged once, by rank 0
+    assert [h["step"] for h in r1["history"]] == list(range(1, steps + 1))
+    h = r0["history"]
+    assert all(row["groups"] >= RL["rl"]["puzzles"] for row in h)  # both ranks' groups counted
+    assert all(row["rollout_puzzles"] >= RL["rl"]["puzzles"] for row in h)
+    assert len(r1["calls"]) == len(r0["calls"]) + 2  # rank 1's refill rounds at step 2 (rank 0 drew along)
+    assert h[1]["rollout_rounds"] == 3 and h[1]["skipped_groups"] >= 2 and h[1]["trained_samples"] > 0
+    assert r0["weights"] == r1["weights"]  # in sync: the same summed gradient on both ranks
+    start = checkpoint.load(tmp_path / "tdrm.pt")["ema"]
+    assert any(r0["weights"][k] != start[k].flatten()[:50].tolist() for k in start)  # and they moved
+    two = checkpoint.load(tmp_path / "two.pt")
+    assert two["rl"]["history"][-1]["step"] == steps and "val_exact" in two["rl"]["history"][-1]
+    # without the drops (they count calls per process): rank 0 (the one that logs) dies at step 3, after
+    # the step-2 checkpoint; the job fails, 1 process refuses the resume file, 2 resume to the same weights
+    r = torchrun(2, "rl_plain", tmp_path, tmp_path / "plain.pt")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun(2, "rl_plain", tmp_path, tmp_path / "crash.pt", 0, 3)
+    assert r.returncode != 0
+    mid = checkpoint.load(tmp_path / "crash.pt.resume")
+    assert mid["step"] == 2 and mid["world_size"] == 2 and len(mid["generator"]) == 2
+    with pytest.raises(ValueError, match="written by 2 processes"):
+        worker("rl_plain", str(tmp_path), str(tmp_path / "crash.pt"))
+    r = torchrun(2, "rl_plain", tmp_path, tmp_path / "crash.pt")
+    assert r.returncode == 0 and "resuming from" in r.stdout + r.stderr, r.stderr[-3000:]
+    a, b = checkpoint.load(tmp_path / "plain.pt"), checkpoint.load(tmp_path / "crash.pt")
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], rtol=RTOL, atol=ATOL), k
