@@ -410,7 +410,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     k.add_argument("--no-compile", action="store_true", help="skip the torch.compile paths")
     k.add_argument("--reps", type=int, default=20)
     k.add_argument("--out")
-    c = sub.add_parser("scaling", help="teacher and distill training throughput under torchrun at 1, 2, ... processes")
+    c = sub.add_parser("scaling", help="teacher, distill and rl training throughput under torchrun at 1, 2, ... processes")
     c.add_argument("--params", default="params.yaml")
     c.add_argument("--profile", default="default")
     c.add_argument("--procs", default="1,2", help="comma-separated process counts (GPUs per node on CUDA)")
@@ -418,6 +418,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     c.add_argument("--data", default="data/sudoku")
     c.add_argument("--traces", default="traces")
     c.add_argument("--teacher", default="models/teacher.pt")
+    c.add_argument("--tdrm", default="models/tdrm.pt", help="the distilled model the rl stage starts from")
+    c.add_argument("--stages", default="teacher,distill", help="comma-separated: teacher, distill, rl")
     c.add_argument("--out")
     r = sub.add_parser("arc", help="the trivial ARC baseline on ARC data versions (pass@1, pass@2, strict)")
     r.add_argument("--sets", default="arcagi2_f3283f7:eval,arcagi2_f3283f7:train,arcagi1_aa922be:eval",

@@ -11,7 +11,7 @@ decides the board (accuracy by denoiser call, cells still changing, early errors
 inference FLOPs per puzzle.
 kernels: the whole-model rows of the kernel benchmark (tdrm/bench/kernels.py; GPU, or
 `--device cpu --small` as a smoke run).
-scaling: training throughput of the teacher and distill loops under torchrun at 1, 2, ... processes
+scaling: training throughput of the teacher, distill (and rl) loops under torchrun at 1, 2, ... processes
 (tdrm/bench/scaling.py; samples per second and efficiency against the first count).
 arc: the trivial ARC baseline (dihedral transform + colour map consistent with the demonstrations)
 on ARC data versions, with the ARC Prize pass@1 / pass@2 and the strict rule (tdrm/tasks/arc).
@@ -281,6 +281,7 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
         vs_t = mcnemar_exact(list(res["correct"]), list(teacher_correct))
         arms = {k: d.get(k) for k in ("state", "row_noise", "row_lag", "ce_rows", "self_correct_prob", "chain_prob")}
         arms["recur"] = d["denoiser"].get("recur", 1)
+        arms["latent_cond"] = d["denoiser"].get("latent_cond", False)
         row = {"model": path, "arms": " ".join(f"{k}={v}" for k, v in arms.items()), "n": res["n"],
                "exact": res["exact_accuracy"], "ci95": "[{:.3f}, {:.3f}]".format(*res["ci95"]),
                "calls": diag["calls"], "vs_teacher": f"{vs_t['only_first']}/{vs_t['only_second']} p={vs_t['p_value']:.2g}",
@@ -363,7 +364,7 @@ def run(what: str, **kw) -> int:
     elif what == "scaling":
         from .scaling import bench_scaling
         rows = bench_scaling(kw["params"], kw["profile"], [int(n) for n in kw["procs"].split(",")], kw["steps"],
-                             kw["data"], kw["traces"], kw["teacher"])
+                             kw["data"], kw["traces"], kw["teacher"], tuple(kw["stages"].split(",")), kw["tdrm"])
     elif what == "arc":
         from ..eval.metrics import wilson
         from ..tasks.arc.baseline import evaluate

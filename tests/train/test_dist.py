@@ -195,20 +195,26 @@ def test_traces_on_two_ranks_write_the_one_process_bytes(tmp_path):
     assert not list((tmp_path / "two").rglob("*.done.json"))  # the resume markers are gone
 
 
-def test_scaling_bench_times_both_stages_at_each_process_count(tmp_path, tiny_params_file, capsys):
+def test_scaling_bench_times_every_stage_at_each_process_count(tmp_path, tiny_params_file, capsys):
     """`python -m tdrm.bench scaling` on the tiny profile: one row per (stage, processes), each from
     a real torchrun launch of the training loop; the first count is the efficiency reference."""
     from tdrm.cli import bench_main
-    tiny_traces(tmp_path, 30, 20)
+    from tdrm.train.distill import train_distill
+    teacher = tiny_traces(tmp_path, 30, 20)
+    train_distill(tiny_params(DISTILL), tmp_path / "tr", teacher, tmp_path / "tdrm.pt", progress=False)
     rc = bench_main(["scaling", "--params", str(tiny_params_file), "--profile", "tiny", "--procs", "1,2",
                      "--steps", "3", "--data", str(tmp_path), "--traces", str(tmp_path / "tr"),
-                     "--teacher", str(tmp_path / "t.pt"), "--out", str(tmp_path / "scaling.json")])
+                     "--teacher", str(tmp_path / "t.pt"), "--tdrm", str(tmp_path / "tdrm.pt"),
+                     "--stages", "teacher,distill,rl", "--out", str(tmp_path / "scaling.json")])
     assert rc == 0
     import json
     rows = json.loads((tmp_path / "scaling.json").read_text())["rows"]
-    assert [(r["stage"], r["processes"]) for r in rows] == [("teacher", 1), ("teacher", 2), ("distill", 1), ("distill", 2)]
-    assert [r["backend"] for r in rows] == ["none", "gloo", "none", "gloo"]
-    assert rows[0]["efficiency_vs_first"] == 1.0 and rows[2]["efficiency_vs_first"] == 1.0
+    assert [(r["stage"], r["processes"]) for r in rows] == [("teacher", 1), ("teacher", 2), ("distill", 1), ("distill", 2),
+                                                            ("rl", 1), ("rl", 2)]
+    assert [r["backend"] for r in rows] == ["none", "gloo"] * 3
+    assert all(rows[i]["efficiency_vs_first"] == 1.0 for i in (0, 2, 4))
+    rl = tiny_params().rl
+    assert rows[4]["global_batch"] == rl.puzzles * rl.group_size  # rollouts per step
     for r in rows:
         assert r["samples_per_s"] == pytest.approx(r["global_batch"] * 3 / r["seconds"], rel=0.02)
     assert "samples_per_s" in capsys.readouterr().out  # the printed table
