@@ -65,6 +65,7 @@ class Model:
     n: int = 3  # z updates per cycle
     n_sup: int = 4  # supervision steps
     prefix: int = 16  # puzzle-embedding slot + registers
+    puzzles: int = 1  # rows of the puzzle-embedding table: 1 (Sudoku), one per (task, augmentation) for ARC
     pos: str = "none"  # none | rope | learned
     rms_eps: float = 1e-5
     halt_explore: float = 0.1

@@ -41,9 +41,14 @@ class TRM(nn.Module):
         d = cfg.hidden
         self.embed_scale = math.sqrt(d)
         self.embed = nn.Parameter(trunc_normal_(torch.empty(vocab, d), 1 / self.embed_scale, g))
-        # slot 0 of the prefix is the (single, Sudoku) puzzle embedding, zero-initialised;
-        # the remaining prefix positions are constant zero registers
-        self.puzzle_emb = nn.Parameter(torch.zeros(1, d)) if cfg.prefix > 0 else None
+        # slot 0 of the prefix is the puzzle embedding, zero-initialised: one row (Sudoku) or one per
+        # puzzle identifier (ARC: task x augmentation, `model.puzzles` rows, looked up by id); the
+        # remaining prefix positions are constant zero registers
+        if cfg.puzzles < 1:
+            raise ValueError(f"model.puzzles must be >= 1, got {cfg.puzzles}")
+        if cfg.puzzles > 1 and cfg.prefix < 1:
+            raise ValueError(f"model.puzzles = {cfg.puzzles} puzzle embeddings need a prefix slot: set model.prefix >= 1")
+        self.puzzle_emb = nn.Parameter(torch.zeros(cfg.puzzles, d)) if cfg.prefix > 0 else None
         self.pos = (nn.Parameter(trunc_normal_(torch.empty(self.seq, d), 1 / self.embed_scale, g))
                     if cfg.pos == "learned" else None)
         if cfg.pos not in ("none", "rope", "learned"):
@@ -65,12 +70,19 @@ class TRM(nn.Module):
             self.q_head.bias.fill_(-5.0)
 
     # -- pieces ---------------------------------------------------------------------------
-    def input_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, C) -> x (B, L, D)."""
+    def input_embedding(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, C), puzzle identifiers (B,) (a model with one puzzle embedding: None) -> x (B, L, D)."""
         x = F.embedding(tokens, self.embed)  # (B, C, D)
+        if self.cfg.puzzles > 1 and puzzle_ids is None:
+            raise ValueError(f"this model has {self.cfg.puzzles} puzzle embeddings: pass the puzzle ids")
+        if puzzle_ids is not None:
+            if puzzle_ids.shape != (x.shape[0],):
+                raise ValueError(f"expected puzzle ids ({x.shape[0]},), got {tuple(puzzle_ids.shape)}")
+            if self.puzzle_emb is None or bool(((puzzle_ids < 0) | (puzzle_ids >= self.cfg.puzzles)).any()):
+                raise ValueError(f"puzzle ids must be in 0..{self.cfg.puzzles - 1} (model.puzzles) with a prefix slot")
         if self.cfg.prefix:
             pre = torch.zeros(x.shape[0], self.cfg.prefix, x.shape[-1], dtype=x.dtype, device=x.device)
-            pre[:, 0] = self.puzzle_emb
+            pre[:, 0] = self.puzzle_emb if puzzle_ids is None else self.puzzle_emb[puzzle_ids]
             x = torch.cat([pre, x], dim=1)  # (B, L, D)
         if self.pos is not None:
             x = 0.707106781 * (x + self.pos)  # 1/sqrt(2) keeps the variance of the sum
@@ -112,10 +124,11 @@ class TRM(nn.Module):
         return logits, q
 
     # -- one supervision step -------------------------------------------------------------
-    def forward(self, y: torch.Tensor, z: torch.Tensor, tokens: torch.Tensor):
-        """One supervision step from the puzzle tokens (B, C): `step(y, z, input_embedding(tokens))`.
-        The training step calls the model through this, so DistributedDataParallel sees the call."""
-        return self.step(y, z, self.input_embedding(tokens))
+    def forward(self, y: torch.Tensor, z: torch.Tensor, tokens: torch.Tensor, puzzle_ids: torch.Tensor | None = None):
+        """One supervision step from the puzzle tokens (B, C) (and ids (B,), with `model.puzzles` > 1):
+        `step(y, z, input_embedding(tokens, puzzle_ids))`. The training step calls the model through
+        this, so DistributedDataParallel sees the call."""
+        return self.step(y, z, self.input_embedding(tokens, puzzle_ids))
 
     def step(self, y: torch.Tensor, z: torch.Tensor, x: torch.Tensor):
         """T cycles; grad flows through the last one only. Returns (y, z, logits, q)."""
@@ -128,16 +141,18 @@ class TRM(nn.Module):
 
     @torch.no_grad()
     def trace(self, tokens: torch.Tensor, steps: int | None = None, keep_states: bool = True, *,
-              noise: float = 0.0, generator: torch.Generator | None = None, inner: bool = False) -> Trace:
+              noise: float = 0.0, generator: torch.Generator | None = None, inner: bool = False,
+              puzzle_ids: torch.Tensor | None = None) -> Trace:
         """Inference over exactly `steps` (default N_sup) supervision steps, recording each.
 
         noise: std of Gaussian noise added to z after every supervision step (PTRM-style latent
         noise, so that trajectories form a distribution); the recorded z is the noised one, the
         state the next step starts from. `generator` draws it (on the CPU, so runs repeat on any
         device). inner: also record z after every latent update, `z_inner` (K, T*n, B, L, D).
+        puzzle_ids: (B,) rows of the puzzle-embedding table (models with `model.puzzles` > 1).
         """
         steps = steps or self.cfg.n_sup
-        x = self.input_embedding(tokens)
+        x = self.input_embedding(tokens, puzzle_ids)
         y, z = self.initial_state(tokens.shape[0])
         ys, zs, logits_, qs, inners = [], [], [], [], []
         for _ in range(steps):

@@ -1,4 +1,4 @@
-"""Learning-rate schedule, AdamATan2 and EMA."""
+"""Learning-rate schedule, AdamATan2, sign-SGD for sparse embedding tables, and EMA."""
 from __future__ import annotations
 
 import copy
@@ -50,6 +50,31 @@ class AdamATan2(torch.optim.Optimizer):
                 m_hat = st["m"] / (1 - b1 ** t)
                 v_hat = st["v"] / (1 - b2 ** t)
                 p.add_(torch.atan2(m_hat, group["b"] * v_hat.sqrt()), alpha=-group["lr"] * group["a"])
+
+
+class SparseSignSGD(torch.optim.Optimizer):
+    """Sign-SGD on the rows of an embedding table that the step's batch used (TRM's optimizer for the
+    per-puzzle embeddings of ARC, lr 1e-2 in the reference): for every row whose gradient is not
+    all zero, row <- row * (1 - lr * weight_decay) - lr * sign(grad row); rows the batch did not touch
+    are left alone (no decay either), as a sparse embedding update would. The gradient of a row is
+    the sum over the batch's samples that use it (a dense gradient of the table gives exactly that)."""
+
+    def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.0):
+        if lr <= 0:
+            raise ValueError(f"sign-SGD lr must be > 0, got {lr}")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.reshape(p.shape[0], -1)  # (rows, D)
+                used = g.ne(0).any(-1)  # (rows,)
+                rows = p.view(p.shape[0], -1)  # a view: the update lands in p
+                rows[used] = rows[used] * (1 - lr * wd) - lr * torch.sign(g[used])
 
 
 def make_optimizer(name: str, params, lr: float, betas, weight_decay: float):

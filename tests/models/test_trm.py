@@ -123,3 +123,55 @@ def test_trace_inner_reproduces_trace_states_through_the_one_cycle():
         assert torch.equal(model.f(z0, y0 + x), inner.z_inner[0, 0])
         y1, z1 = model.cycle(y0, z0, x)
         assert torch.equal(z1, inner.z_inner[0, CFG.n - 1]) and torch.equal(y1, model.update_y(y0, z1))
+
+
+def test_puzzle_embedding_table_is_what_tells_identical_inputs_apart():
+    """ARC's mechanism: with `model.puzzles` rows, the same tokens under different puzzle ids must map
+    to different answers, learnable only through the (zero-initialised) puzzle embeddings, trained by
+    sparse sign-SGD; with the table frozen the ids cannot be told apart."""
+    import dataclasses
+
+    from tdrm.train.optim import SparseSignSGD
+    cfg = dataclasses.replace(CFG, puzzles=4, mixer="attention", pos="rope", T=2, n=1)
+    tokens = torch.ones(8, 6, dtype=torch.long)  # one input for every sample
+    ids = torch.arange(8) % 3  # rows 0-2 used, row 3 never
+    target = (ids + 1)[:, None].expand(-1, 6)  # (8, 6): the answer is the id's colour
+
+    def train(learn_table: bool) -> float:
+        torch.manual_seed(0)
+        m = TRM(cfg, cells=6, vocab=5)
+        assert not m.puzzle_emb.any()
+        rest = [p for n, p in m.named_parameters() if n != "puzzle_emb"]
+        opt, sign = torch.optim.AdamW(rest, lr=3e-3), SparseSignSGD([m.puzzle_emb], lr=1e-2)
+        for _ in range(150):
+            y, z = m.initial_state(8)
+            _, _, logits, _ = m(y, z, tokens, ids)
+            loss = stablemax_cross_entropy(logits.float(), target).mean()
+            opt.zero_grad()
+            sign.zero_grad()
+            loss.backward()
+            opt.step()
+            if learn_table:
+                sign.step()
+        assert not m.puzzle_emb[3].any()  # a row no batch used is untouched (no decay either)
+        with torch.no_grad():
+            y, z = m.initial_state(8)
+            return float((m(y, z, tokens, ids)[2].argmax(-1) == target).float().mean())
+    assert train(True) == 1.0
+    assert train(False) <= 0.5  # one output for all three ids: at most the share of the most common id
+    m = TRM(cfg, cells=6, vocab=5)
+    with pytest.raises(ValueError, match="pass the puzzle ids"):
+        m.input_embedding(tokens)
+    with pytest.raises(ValueError, match="puzzle ids must be in 0..3"):
+        m.input_embedding(tokens, torch.full((8,), 4))
+    with pytest.raises(ValueError, match="need a prefix slot"):
+        TRM(dataclasses.replace(CFG, puzzles=2, prefix=0), cells=6, vocab=5)
+
+
+def test_sparse_sign_sgd_updates_used_rows_by_the_sign_with_decay():
+    from tdrm.train.optim import SparseSignSGD
+    p = torch.nn.Parameter(torch.tensor([[1.0, -2.0], [3.0, 4.0], [0.5, 0.5]]))
+    p.grad = torch.tensor([[0.3, -1e-6], [0.0, 0.0], [-2.0, 0.0]])
+    SparseSignSGD([p], lr=0.1, weight_decay=0.5).step()
+    want = torch.tensor([[1.0 * 0.95 - 0.1, -2.0 * 0.95 + 0.1], [3.0, 4.0], [0.5 * 0.95 + 0.1, 0.5 * 0.95]])
+    torch.testing.assert_close(p.data, want)
