@@ -13,6 +13,9 @@ DATASET_SPLIT = 1  # tdrm.data.dataset: shuffle and split of equivalence classes
 TEACHER_STREAM = 2  # tdrm.data.stream: the teacher's stream of training puzzles and their symmetries
 DISTILL_BATCHES = 3  # tdrm.train.distill: epoch e's order of trace batches, keys (e,)
 RL_ORDER = 4  # tdrm.rl.train: epoch e's order of training puzzles, keys (e,)
+ARC_SPLIT = 5  # tdrm.tasks.arc.dataset: the shuffle of tasks into train / dev / test
+ARC_AUGMENT = 6  # tdrm.tasks.arc.dataset: task i's augmentations, keys (i,)
+ARC_TRANSLATE = 7  # tdrm.tasks.arc.dataset: the training rows' canvas offsets
 
 VALIDATION_SAMPLING = 1  # torch generator seed offset of in-training validation sampling (seed + 1)
 RL_RANK_SEED = 1_000_003  # tdrm.rl.train: data-parallel rank r's rollout generator is seeded seed + r x this

@@ -11,7 +11,10 @@ colours 1-9 (0, the background, fixed; inverted by argsort), applied to every gr
 translation (row, column offset) of demonstration pairs only. An augmentation is named by a short
 string (`aug_id`) from which it is recovered exactly (`parse_aug`).
 
-Shapes: grids (H, W) int, H, W <= 30; canvases (30, 30) int tokens; P = 900.
+A smaller canvas (`size`, e.g. 10 for the CPU profile's tasks whose grids fit 10 x 10) encodes
+the same way; every function that touches a canvas takes it (default 30).
+
+Shapes: grids (H, W) int, H, W <= size; canvases (size, size) int tokens; P = size^2 (900).
 """
 from __future__ import annotations
 
@@ -27,41 +30,41 @@ class GridError(ValueError):
     pass
 
 
-def check_grid(grid) -> np.ndarray:
-    """A grid as an (H, W) int array of colours 0-9, 1 <= H, W <= 30, or GridError naming the fault."""
+def check_grid(grid, size: int = SIZE) -> np.ndarray:
+    """A grid as an (H, W) int array of colours 0-9, 1 <= H, W <= size, or GridError naming the fault."""
     g = np.asarray(grid)
     if g.ndim != 2 or g.shape[0] < 1 or g.shape[1] < 1:
         raise GridError(f"an ARC grid is a non-empty 2-D array, got shape {g.shape}")
-    if g.shape[0] > SIZE or g.shape[1] > SIZE:
-        raise GridError(f"an ARC grid is at most {SIZE} x {SIZE}, got {g.shape[0]} x {g.shape[1]}")
+    if g.shape[0] > size or g.shape[1] > size:
+        raise GridError(f"an ARC grid is at most {size} x {size}, got {g.shape[0]} x {g.shape[1]}")
     if not np.issubdtype(g.dtype, np.integer) or g.min() < 0 or g.max() > 9:
         raise GridError("ARC grid cells are integer colours 0-9")
     return g.astype(np.int64)
 
 
-def encode(grid, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """(H, W) colours -> (30, 30) tokens, the grid's top-left corner at `offset` (row, column)."""
-    g = check_grid(grid)
+def encode(grid, offset: tuple[int, int] = (0, 0), size: int = SIZE) -> np.ndarray:
+    """(H, W) colours -> (size, size) tokens, the grid's top-left corner at `offset` (row, column)."""
+    g = check_grid(grid, size)
     h, w = g.shape
     r0, c0 = offset
-    if not (0 <= r0 <= SIZE - h and 0 <= c0 <= SIZE - w):
-        raise GridError(f"a {h} x {w} grid does not fit the canvas at offset {offset}")
-    canvas = np.full((SIZE, SIZE), PAD, dtype=np.int64)
+    if not (0 <= r0 <= size - h and 0 <= c0 <= size - w):
+        raise GridError(f"a {h} x {w} grid does not fit the {size} x {size} canvas at offset {offset}")
+    canvas = np.full((size, size), PAD, dtype=np.int64)
     canvas[r0:r0 + h, c0:c0 + w] = g + OFFSET
-    if r0 + h < SIZE:
+    if r0 + h < size:
         canvas[r0 + h, c0:c0 + w] = EOS  # the row below
-    if c0 + w < SIZE:
+    if c0 + w < size:
         canvas[r0:r0 + h, c0 + w] = EOS  # the column right
     return canvas
 
 
-def decode(canvas) -> np.ndarray:
-    """(30, 30) (or (900,)) tokens -> the largest-area rectangle of colour tokens anchored at the
-    top-left corner, as colours (H, W); an empty (0, 0) array when the corner is not a colour."""
-    c = np.asarray(canvas).reshape(SIZE, SIZE)
+def decode(canvas, size: int = SIZE) -> np.ndarray:
+    """(size, size) (or (size^2,)) tokens -> the largest-area rectangle of colour tokens anchored at
+    the top-left corner, as colours (H, W); an empty (0, 0) array when the corner is not a colour."""
+    c = np.asarray(canvas).reshape(size, size)
     colour = (c >= OFFSET) & (c < VOCAB)
-    best, best_hw, width = 0, (0, 0), SIZE
-    for r in range(SIZE):
+    best, best_hw, width = 0, (0, 0), size
+    for r in range(size):
         run = 0
         while run < width and colour[r, run]:
             run += 1
@@ -130,17 +133,17 @@ def draw_augmentations(n: int, rng: np.random.Generator) -> list[str]:
     return out
 
 
-def translation(shapes: list[tuple[int, int]], rng: np.random.Generator) -> tuple[int, int]:
+def translation(shapes: list[tuple[int, int]], rng: np.random.Generator, size: int = SIZE) -> tuple[int, int]:
     """A random offset that fits every (H, W) of `shapes` (a pair's input and output) on the canvas."""
     h = max(s[0] for s in shapes)
     w = max(s[1] for s in shapes)
-    return int(rng.integers(SIZE - h + 1)), int(rng.integers(SIZE - w + 1))
+    return int(rng.integers(size - h + 1)), int(rng.integers(size - w + 1))
 
 
-def decode_at(canvas, offset: tuple[int, int]) -> np.ndarray:
-    """The inverse of `encode(grid, offset)`: shift the canvas back to the origin, then `decode`."""
-    c = np.asarray(canvas).reshape(SIZE, SIZE)
+def decode_at(canvas, offset: tuple[int, int], size: int = SIZE) -> np.ndarray:
+    """The inverse of `encode(grid, offset, size)`: shift the canvas back to the origin, then `decode`."""
+    c = np.asarray(canvas).reshape(size, size)
     r0, c0 = offset
-    shifted = np.full((SIZE, SIZE), PAD, dtype=c.dtype)
-    shifted[:SIZE - r0, :SIZE - c0] = c[r0:, c0:]
-    return decode(shifted)
+    shifted = np.full((size, size), PAD, dtype=c.dtype)
+    shifted[:size - r0, :size - c0] = c[r0:, c0:]
+    return decode(shifted, size)
