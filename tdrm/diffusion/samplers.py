@@ -26,6 +26,7 @@ class Step:
     sigma: float | torch.Tensor  # per-row samplers: (K,) per row
     x_prev: torch.Tensor
     log_prob: torch.Tensor | None  # (B,) or None when deterministic
+    hidden: torch.Tensor | None = None  # (B, K+1, L, D): a latent_cond denoiser's hidden state of this call
 
 
 @dataclass

@@ -14,13 +14,16 @@ class SelfCondModel:
     """Sampler-facing closure x0_hat = model(x_t, t, puzzle, previous x0_hat), and with the
     denoiser's `latent_cond` the previous call's hidden state as well."""
 
-    def __init__(self, model, puzzle: torch.Tensor):
+    def __init__(self, model, puzzle: torch.Tensor, record: bool = False):
         self.model, self.puzzle, self.prev, self.hidden = model, puzzle, None, None
+        self.hiddens = [] if record else None  # every call's hidden state (latent_cond, with return_path)
 
     def __call__(self, x, t, cond=None):
         prev = self.prev if self.model.cfg.self_cond else None
         if getattr(self.model.cfg, "latent_cond", False):
             out, self.hidden = self.model(x, t, self.puzzle, prev, self.hidden, return_hidden=True)
+            if self.hiddens is not None:
+                self.hiddens.append(self.hidden)
         else:
             out = self.model(x, t, self.puzzle, prev)
         self.prev = out
@@ -32,7 +35,8 @@ def generate(model, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, step
              generator, return_path: bool = False, sigma_floor: float = 0.0,
              window: tuple[int, int] | None = None):
     """Sample standardised trajectories (B, K, L, C) for puzzles (B, N); with `return_path`, the
-    sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob). `window`:
+    sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob, and with a
+    latent_cond denoiser the call's hidden state, which the next call read). `window`:
     DDIM's stochastic steps (see `sample_ddim`); None = all. `generator`: a torch.Generator, or a
     `samplers.RowSlice` (a data-parallel rank's rows of a batch drawn whole)."""
     b = puzzle_tokens.shape[0]
@@ -43,11 +47,17 @@ def generate(model, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, step
         raise ValueError(f"ddpm samples at eta 1 (the posterior variance), got eta={eta}; use ddim for other values")
     if window is not None and (sampler != "ddim" or getattr(model, "row_lag", None) is not None):
         raise ValueError("a stochastic window is a DDIM option (shared noise level); this model or sampler has none")
+    closure = SelfCondModel(model, puzzle_tokens, record=return_path)
     if getattr(model, "row_lag", None) is not None:  # trained with one noise level per row: rolling schedule
-        out = sample_rows(SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
+        out = sample_rows(closure, x_T, schedule, generator=generator, steps=steps,
                           lag=model.row_lag, eta=eta, return_path=return_path, sigma_floor=sigma_floor)
-        return out if return_path else out.x0
-    extra = {} if window is None else {"window": tuple(window)}
-    out = SAMPLERS[sampler](SelfCondModel(model, puzzle_tokens), x_T, schedule, generator=generator, steps=steps,
-                            eta=eta, return_path=return_path, sigma_floor=sigma_floor, **extra)
-    return out if return_path else out.x0
+    else:
+        extra = {} if window is None else {"window": tuple(window)}
+        out = SAMPLERS[sampler](closure, x_T, schedule, generator=generator, steps=steps,
+                                eta=eta, return_path=return_path, sigma_floor=sigma_floor, **extra)
+    if not return_path:
+        return out.x0
+    if closure.hiddens and len(closure.hiddens) == len(out.path):  # (no calls on a rank without rows)
+        for st, h in zip(out.path, closure.hiddens):
+            st.hidden = h
+    return out

@@ -3,7 +3,8 @@
 The policy is the reverse diffusion chain of an x0-predicting denoiser `model(x_t, t, puzzle,
 x0_prev)`; each stochastic step is the Gaussian N(mean(x0_hat), sigma^2) of `step_mean`, so its
 log-probability is exact. With self-conditioning, the x0_hat of the step before is part of each
-step's input (recorded in the rollout, held fixed in the update).
+step's input (recorded in the rollout, held fixed in the update); with latent self-conditioning
+(`denoiser.latent_cond`) so is the hidden state of the call before.
 
 Shapes: S samples (= P puzzles x G group), R rows, L positions, C channels, N cells.
 """
@@ -31,7 +32,7 @@ class Batch:
     self_cond: bool
 
 
-PER_SAMPLE = ("x_t", "x0_hat", "mean", "x_prev", "log_prob")  # a Step's fields with one row per sample
+PER_SAMPLE = ("x_t", "x0_hat", "mean", "x_prev", "log_prob", "hidden")  # a Step's fields with one row per sample
 
 
 def subset(sample: Sample, idx: torch.Tensor) -> Sample:
@@ -56,12 +57,20 @@ def _prev(batch: Batch, i: int):
     return batch.sample.path[i - 1].x0_hat if batch.self_cond and i > 0 else None
 
 
+def _inputs(model, batch: Batch, i: int) -> tuple:
+    """What the recorded step i's call read beside (x_t, t, puzzle): the previous estimate, and for a
+    latent_cond denoiser the previous call's hidden state (None at the first step)."""
+    if not getattr(getattr(model, "cfg", None), "latent_cond", False):
+        return (_prev(batch, i),)
+    return _prev(batch, i), batch.sample.path[i - 1].hidden if i > 0 else None
+
+
 def step_log_prob(model, batch: Batch, i: int, schedule: Schedule, eta: float, sigma_floor: float
                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(per-dimension mean log-prob (S,), mean, sigma) of the recorded step i under `model`."""
     st = batch.sample.path[i]
     t = torch.full((st.x_t.shape[0],), st.t, dtype=torch.long, device=st.x_t.device)
-    x0_hat = model(st.x_t, t, batch.puzzle, _prev(batch, i))
+    x0_hat = model(st.x_t, t, batch.puzzle, *_inputs(model, batch, i))
     mean, sigma = step_mean(schedule, st.x_t, x0_hat, st.t, st.t_prev, eta, sigma_floor)
     return gaussian_log_prob(st.x_prev, mean, sigma, reduce="mean"), mean, sigma
 

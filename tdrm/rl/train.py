@@ -132,9 +132,6 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
     local = per_rank_batch(cfg.puzzles, world, "rl.puzzles")  # this rank's puzzles per rollout batch
     device = device if device is not None else resolve_device(params.common.device)
     model, codec, schedule, ck = load_tdrm(tdrm_path, device)
-    if getattr(model.cfg, "latent_cond", False):
-        raise ValueError(f"{tdrm_path}: RL over a latent_cond denoiser is not built: the recorded chain keeps each "
-                         "call's estimate but not its hidden state, which the step log-probs would need")
     for p in codec.teacher.parameters():
         p.requires_grad_(False)
     ref = copy.deepcopy(model).eval()

@@ -2,6 +2,7 @@
 where one RL phase really raises the reward, and the stage on the tiny profile."""
 import json
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from tdrm.data.board import SHAPES, parse, to_tokens
 from tdrm.diffusion.logprob import gaussian_log_prob
+from tdrm.diffusion.samplers import Sample
 from tdrm.diffusion.schedules import make_schedule
 from tdrm.rl.grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl, group_advantages
 from tdrm.rl.estimators import awm_advantages, spg_advantages
@@ -137,11 +139,15 @@ def test_one_rl_phase_on_a_toy_problem_raises_the_mean_reward(estimator):
     assert _toy_phase(estimator) == a  # seeded
 
 
-def test_update_starts_at_ratio_one_and_zero_kl_to_itself():
+@pytest.mark.parametrize("latent", [False, True], ids=["self_cond", "latent_cond"])
+def test_update_starts_at_ratio_one_and_zero_kl_to_itself(latent):
+    """The recorded rollout's step log-probs are recomputed exactly: the step's input includes the
+    previous estimate and, for latent_cond, the previous call's hidden state (recorded in the path)."""
     from tdrm.config import Denoiser as DenoiserConfig
     from tdrm.models.denoiser import Denoiser
-    model = Denoiser(DenoiserConfig(hidden=16, layers=2, heads=2, self_cond=True), 2, 5, 3, 7)
-    ref = Denoiser(DenoiserConfig(hidden=16, layers=2, heads=2, self_cond=True), 2, 5, 3, 7).requires_grad_(False)
+    cfg = DenoiserConfig(hidden=16, layers=2, heads=2, self_cond=True, latent_cond=latent)
+    model = Denoiser(cfg, 2, 5, 3, 7)
+    ref = Denoiser(cfg, 2, 5, 3, 7).requires_grad_(False)
     with torch.no_grad():  # leave adaLN-Zero's start so the step means depend on the weights
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -150,7 +156,12 @@ def test_update_starts_at_ratio_one_and_zero_kl_to_itself():
     puzzle = torch.randint(0, 7, (6, 5), generator=torch.Generator().manual_seed(1))
     s = generate(model, puzzle, sched, sampler="ddim", steps=4, eta=1.0, generator=torch.Generator().manual_seed(2),
                  return_path=True)
+    assert all((st.hidden is not None) == latent for st in s.path)
     batch = Batch(puzzle, s, torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0]), True)
+    if latent:  # without the recorded hidden state the step would not be the one sampled
+        lost = Batch(puzzle, Sample(s.x0, [replace(st, hidden=None) for st in s.path]), batch.adv, True)
+        assert not torch.allclose(step_log_prob(model, lost, 2, sched, 1.0, 0.0)[0],
+                                  gaussian_log_prob(s.path[2].x_prev, s.path[2].mean, s.path[2].sigma, reduce="mean"))
     for i, st in enumerate(s.path[:-1]):  # the last step is deterministic
         lp, _, sigma = step_log_prob(model, batch, i, sched, 1.0, 0.0)
         old = gaussian_log_prob(st.x_prev, st.mean, st.sigma, reduce="mean")
@@ -317,13 +328,25 @@ def test_rl_refuses_bad_settings(distilled, tmp_path):
                       ({"spg_beta": 0.0}, "spg_beta"), ({"spg_mix": -0.1}, "spg_mix")]:
         with pytest.raises(ValueError, match=msg):
             train_rl(tiny_params({"rl": over}), distilled / "tdrm.pt", distilled, tmp_path / "x.pt", progress=False)
-    # a latent_cond denoiser: its rollouts would need every call's hidden state for the step log-probs
-    from tdrm import checkpoint
-    ck = checkpoint.load(distilled / "tdrm.pt")
-    ck["config"]["distill"]["denoiser"]["latent_cond"] = True
-    ck["model"].update({"latent.0.weight": torch.ones(32), "latent.0.bias": torch.zeros(32),
-                        "latent.1.weight": torch.zeros(32, 32)})
-    ck["ema"] = {**ck["ema"], **{k: v for k, v in ck["model"].items() if k.startswith("latent.")}}
-    checkpoint.save(tmp_path / "latent.pt", ck)
-    with pytest.raises(ValueError, match="latent_cond denoiser is not built"):
-        train_rl(tiny_params({}), tmp_path / "latent.pt", distilled, tmp_path / "x.pt", progress=False)
+
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "awm"])
+def test_rl_runs_on_a_latent_cond_model(distilled, tmp_path, estimator):
+    """A latent_cond denoiser end to end through the rl loop (rollouts keep each call's hidden state
+    through the kept-group subset and the refill concatenation; grpo recomputes its step log-probs
+    from them, starting at ratio 1)."""
+    from tdrm.rl.train import train_rl
+    from tdrm.train.distill import train_distill
+    from tdrm.checkpoint import load_teacher
+
+    from ..conftest import tiny_params
+    teacher, _ = load_teacher(distilled / "t.pt")
+    train_distill(tiny_params({"distill": {"steps": 20, "eval_every": 0, "denoiser": {"latent_cond": True}}}),
+                  distilled / "tr", teacher, tmp_path / "latent.pt", progress=False)
+    p = tiny_params({"rl": {"estimator": estimator, "steps": 2, "filter_groups": True, "eval_every": 0}})
+    res = train_rl(p, tmp_path / "latent.pt", distilled, tmp_path / "rl.pt", progress=False)
+    h = res["history"]
+    assert len(h) == 2 and all(row["trained_samples"] > 0 for row in h)
+    if estimator == "grpo":
+        assert all(row["ratio_first_epoch"] == pytest.approx(1.0, abs=1e-5) for row in h)
