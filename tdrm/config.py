@@ -91,6 +91,8 @@ class Teacher:
     ckpt_every: int = 500
     grad_clip: float = 0.0  # 0 = off
     accum: int = 1  # gradient accumulation: micro-batches per optimizer step (per rank)
+    puzzle_emb_lr: float = 1e-2  # model.puzzles > 1 (ARC): sign-SGD on the puzzle-embedding rows (the reference's)
+    puzzle_emb_weight_decay: float = 0.1
 
 
 @dataclass(frozen=True)

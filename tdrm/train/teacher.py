@@ -11,6 +11,12 @@ Data parallel (`world` of several ranks, under torchrun): rank r holds the slots
 of the global batch B; the halted mask is gathered so every rank refills from the same stream in
 the same order, and halting draws its random numbers for all B slots, so the run equals the
 one-process run up to floating-point summation order. Gradients are averaged by DDP; rank 0 writes.
+
+The task is a data source (`data`, the seam of `tdrm/tasks/sudoku.py`): Sudoku's dataset directory
+by default, or ARC's (`tdrm/tasks/arc/teacher_data.py`), whose rows carry puzzle ids; with
+`model.puzzles` > 1 the puzzle-embedding table is trained by sign-SGD on the rows each step used
+(`teacher.puzzle_emb_lr`, `puzzle_emb_weight_decay`, the same warmup), everything else by the
+configured optimizer.
 """
 from __future__ import annotations
 
@@ -24,17 +30,14 @@ import torch
 from tqdm import tqdm
 
 from ..config import Params
-from ..data.board import to_tokens
-from ..data.dataset import load_meta, load_split
-from ..data.stream import PuzzleStream
 from ..device import check_amp, maybe_compile, resolve_device
 from ..dist import SINGLE, World, all_mean, barrier, gather_rows, per_rank_batch, rows, wrap
-from ..eval.teacher import evaluate
 from ..models.losses import TRM_STATS, trm_loss_terms
 from ..models.trm import TRM, count_params
+from ..tasks.sudoku import SudokuTeacherData
 from ..tracking.base import Tracker
 from .. import checkpoint
-from .optim import EMA, make_optimizer, warmup_constant
+from .optim import EMA, SparseSignSGD, make_optimizer, warmup_constant
 
 
 @dataclass
@@ -44,34 +47,38 @@ class Carry:
     steps: torch.Tensor  # (B,) supervision steps taken on the current puzzle
     halted: torch.Tensor  # (B,) bool: refill before the next step
     tokens: torch.Tensor  # (B, C) puzzle tokens
-    labels: torch.Tensor  # (B, C) solution tokens
+    labels: torch.Tensor  # (B, C) solution tokens (-100: ignored by the loss)
+    ids: torch.Tensor  # (B,) puzzle ids (rows of the puzzle-embedding table; 0 for Sudoku)
 
 
 def new_carry(model: TRM, batch: int, cells: int, device) -> Carry:
     y, z = model.initial_state(batch)
     zeros = torch.zeros(batch, cells, dtype=torch.long, device=device)
     return Carry(y.to(device), z.to(device), torch.zeros(batch, dtype=torch.long, device=device),
-                 torch.ones(batch, dtype=torch.bool, device=device), zeros, zeros.clone())
+                 torch.ones(batch, dtype=torch.bool, device=device), zeros, zeros.clone(),
+                 torch.zeros(batch, dtype=torch.long, device=device))
 
 
-def refill(carry: Carry, model: TRM, stream: PuzzleStream, world: World = SINGLE) -> Carry:
-    """Give halted slots a new puzzle and the initial y/z. With several ranks every rank draws the
-    puzzles of ALL halted slots of the global batch (in global slot order) and keeps its own."""
+def refill(carry: Carry, model: TRM, stream, world: World = SINGLE) -> Carry:
+    """Give halted slots a new puzzle (tokens, labels, id from the data source's `stream`) and the
+    initial y/z. With several ranks every rank draws the puzzles of ALL halted slots of the global
+    batch (in global slot order) and keeps its own."""
     halted = gather_rows(carry.halted, world)  # (B_global,)
     idx = torch.nonzero(halted).squeeze(-1)
     if len(idx) == 0:
         return carry
-    p, s = stream.next(len(idx))
+    tok, lab, ids = stream.next(len(idx))
     if world.distributed:
         sl = rows(len(halted), world)
         mine = ((idx >= sl.start) & (idx < sl.stop)).cpu().numpy()
-        idx, p, s = idx[torch.as_tensor(mine)] - sl.start, p[mine], s[mine]
+        idx, tok, lab, ids = idx[torch.as_tensor(mine)] - sl.start, tok[mine], lab[mine], ids[mine]
         if len(idx) == 0:
             return carry
     dev = carry.y.device
     idx = idx.to(dev)
-    carry.tokens[idx] = torch.as_tensor(to_tokens(p), device=dev)
-    carry.labels[idx] = torch.as_tensor(to_tokens(s), device=dev)
+    carry.tokens[idx] = torch.as_tensor(tok, device=dev)
+    carry.labels[idx] = torch.as_tensor(lab, device=dev)
+    carry.ids[idx] = torch.as_tensor(ids, device=dev)
     carry.y[idx] = model.y_init.to(carry.y.dtype)
     carry.z[idx] = model.z_init.to(carry.z.dtype)
     carry.steps[idx] = 0
@@ -96,11 +103,12 @@ def halting(q: torch.Tensor, steps: torch.Tensor, n_sup: int, explore: float,
 
 
 def train_forward(model: TRM, y: torch.Tensor, z: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor,
-                  q_weight: float):
+                  q_weight: float, ids: torch.Tensor | None = None):
     """One supervision step's forward and loss (what `common.compile` compiles; `model` is the TRM or
     its DistributedDataParallel wrapper): the new (y, z),
-    the halting logit q (B,), the loss and its stats (TRM_STATS order)."""
-    y, z, logits, q = model(y, z, tokens)  # TRM.forward: embedding + one supervision step (DDP-wrapped or not)
+    the halting logit q (B,), the loss and its stats (TRM_STATS order). `ids`: puzzle ids (B,) for a
+    model with several puzzle embeddings, else None."""
+    y, z, logits, q = model(y, z, tokens, ids)  # TRM.forward: embedding + one supervision step (DDP or not)
     loss, terms, _ = trm_loss_terms(logits, q, labels, q_weight)
     return y, z, q, loss, terms
 
@@ -114,33 +122,38 @@ def _resume_key(params: Params, meta: dict) -> dict:
     return {"teacher": asdict(params.teacher), "seed": params.common.seed, "data": meta}
 
 
-def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
+def train_teacher(params: Params, data_dir: str | Path | None, out_path: str | Path, *,
                   resume_path: str | Path | None = None, tracker: Tracker | None = None,
                   progress: bool = True, log_every: int = 50, world: World = SINGLE,
-                  device: torch.device | None = None) -> dict:
+                  device: torch.device | None = None, data=None) -> dict:
     """Train, write the final checkpoint to `out_path`, return summary metrics and the curve.
-    `world`: this rank's place in a data-parallel job (`tdrm.dist.setup`); only rank 0 writes."""
+    `world`: this rank's place in a data-parallel job (`tdrm.dist.setup`); only rank 0 writes.
+    `data`: the task's data source (module docstring); None = the Sudoku dataset in `data_dir`."""
     cfg, tracker = params.teacher, tracker or Tracker()
     device = device or resolve_device(params.common.device)
     local_batch = per_rank_batch(cfg.batch, world, "teacher.batch")
-    meta = load_meta(data_dir)
-    train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
-    shape = train.shape
-    if cfg.eval_limit:
-        val = val.take(np.arange(min(cfg.eval_limit, len(val))))
-    model = TRM(cfg.model, shape.cells, shape.vocab).to(device)
-    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, (cfg.beta1, cfg.beta2),
-                         cfg.weight_decay)
+    data = data if data is not None else SudokuTeacherData(data_dir, cfg.eval_limit)
+    meta = data.meta
+    if cfg.model.puzzles != data.puzzles:
+        raise ValueError(f"teacher.model.puzzles = {cfg.model.puzzles}, but the data has {data.puzzles} puzzle ids "
+                         f"(one per task and augmentation): set teacher.model.puzzles: {data.puzzles}")
+    model = TRM(cfg.model, data.cells, data.vocab).to(device)
+    table = [model.puzzle_emb] if data.puzzles > 1 else []  # sign-SGD on the used rows (ARC)
+    dense = [p for p in model.parameters() if all(p is not t for t in table)]
+    opt = make_optimizer(cfg.optimizer, dense, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
+    sign = SparseSignSGD(table, cfg.puzzle_emb_lr, cfg.puzzle_emb_weight_decay) if table else None
     ema = EMA(model, cfg.ema)
-    stream = PuzzleStream(train.puzzles, train.solutions, shape, params.common.seed, cfg.augment)
+    stream = data.stream(params.common.seed, cfg.augment)
     gen = torch.Generator().manual_seed(params.common.seed)
-    carry = new_carry(model, local_batch, shape.cells, device)
+    carry = new_carry(model, local_batch, data.cells, device)
     step, history, elapsed = 0, [], 0.0
     resume_path = Path(resume_path) if resume_path else None
     key = _resume_key(params, meta)
     ck = checkpoint.restore(resume_path, key, device, model, ema, opt, gen, world_size=world.size)
     if ck is not None:
         stream.load_state(ck["stream"])
+        if sign is not None:
+            sign.load_state_dict(ck["sign_optimizer"])
         mine = rows(cfg.batch, world)  # the checkpoint holds the global carry
         carry = Carry(**{k: v[mine].to(device) for k, v in ck["carry"].items()})
         step, history, elapsed = ck["step"], ck["history"], ck["elapsed"]
@@ -157,6 +170,8 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
         if not final:
             payload.update(optimizer=opt.state_dict(), stream=stream.state(), generator=gen.get_state(),
                            carry=global_carry, resume_key=key)
+            if sign is not None:
+                payload["sign_optimizer"] = sign.state_dict()
         else:
             payload.update(optimizer=opt.state_dict())
         checkpoint.save(path, payload)
@@ -179,12 +194,18 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
+        if sign is not None:
+            for g in sign.param_groups:
+                g["lr"] = warmup_constant(step, cfg.puzzle_emb_lr, cfg.warmup)
+            sign.zero_grad(set_to_none=True)
+        use_ids = data.puzzles > 1
         parts = []
         for i, mb in enumerate(micro):  # gradient accumulation over slot micro-batches (one without accum)
             sync = nullcontext() if not world.distributed or i == len(micro) - 1 else net.no_sync()
             with sync:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = forward(net, carry.y[mb], carry.z[mb], carry.tokens[mb], carry.labels[mb], cfg.q_loss_weight)
+                    out = forward(net, carry.y[mb], carry.z[mb], carry.tokens[mb], carry.labels[mb], cfg.q_loss_weight,
+                                  carry.ids[mb] if use_ids else None)
                 frac = (mb.stop - mb.start) / local_batch
                 (out[3] * frac if frac != 1.0 else out[3]).backward()
             parts.append((out, frac))
@@ -197,6 +218,8 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
         if cfg.grad_clip > 0:
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         opt.step()
+        if sign is not None:
+            sign.step()
         ema.update(model)
         with torch.no_grad():
             carry.steps += 1
@@ -215,9 +238,9 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
             for k in ("lm_loss", "q_loss", "cell_acc", "exact_acc", "halt_steps"):
                 tracker.log_scalar(f"train.{k}", avg[k], step)
             if world.main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                res = evaluate(ema.model, val, cfg.batch * 2, device)
-                avg["val_exact_ema"] = res["exact_accuracy"]
-                tracker.log_scalar("val.exact_accuracy_ema", res["exact_accuracy"], step)
+                score = data.validate(ema.model, cfg.batch * 2, device)
+                avg["val_exact_ema"] = score
+                tracker.log_scalar("val.exact_accuracy_ema", score, step)
                 model.train()
             history.append(avg)
             last_val = avg.get("val_exact_ema", last_val)
@@ -234,4 +257,4 @@ def train_teacher(params: Params, data_dir: str | Path, out_path: str | Path, *,
     return {"steps": step, "minutes": elapsed / 60, "params": count_params(model),
             "final_lm_loss": history[-1]["lm_loss"] if history else None,
             "final_train_exact": history[-1]["exact_acc"] if history else None,
-            "val_exact_accuracy_ema": last_val, "val_n": len(val), "history": history}
+            "val_exact_accuracy_ema": last_val, "val_n": data.val_n, "history": history}
