@@ -184,7 +184,8 @@ def build_denoiser(cfg, steps: int, cells: int, channels: int, vocab: int, prefi
     if dc.arch != "move":
         raise ValueError(f"denoiser arch must be dit or move, got {dc.arch!r}")
     if dc.latent_cond:
-        raise ValueError("denoiser latent_cond is a dit option: arch move carries the teacher's state instead")
+        raise ValueError("denoiser latent_cond is a dit option (arch move carries the teacher's state instead): "
+                         "set distill.denoiser.latent_cond: false with arch move")
     if cfg.state != "yz":
         raise ValueError(f"denoiser arch move models the teacher's (y, z) rows: it needs distill.state yz, got {cfg.state!r}")
     if cfg.final_only:

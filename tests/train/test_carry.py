@@ -107,20 +107,24 @@ def test_start_staggers_and_refill_replaces_only_finished_chains():
     assert chain.refill(r, levels, sched, fx0, feps, fp, ft)[1] == 0
 
 
-def test_training_on_the_carry_feeds_each_call_the_last_calls_step(setup, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("latent", [False, True], ids=["plain", "latent_cond"])
+def test_training_on_the_carry_feeds_each_call_the_last_calls_step(setup, monkeypatch, latent):  # noqa: F811
     """With chain_prob 1 every step's denoiser input (with gradient) is the deterministic reverse step
     of the previous step's input with the previous (detached) estimate, for every slot not refilled;
-    the estimate is also the self-conditioning input."""
+    the estimate is also the self-conditioning input, and with latent_cond the previous call's hidden
+    state is the next call's (zeros for a refilled slot)."""
     from tdrm.models.denoiser import Denoiser
     p, d, teacher = setup
     p = tiny_params({"distill": {**DISTILL, "steps": 6, "eval_every": 0, "chain_prob": 1.0, "sample_steps": 5,
-                                 "denoiser": {**DISTILL["denoiser"], "self_cond": True}}})
+                                 "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": latent}}})
     calls = []
     orig = Denoiser.forward
 
-    def fwd(self, x_t, t, puzzle, x0_prev=None):
-        out = orig(self, x_t, t, puzzle, x0_prev)
-        calls.append((torch.is_grad_enabled(), x_t.clone(), t.clone(), x0_prev, out.detach().clone()))
+    def fwd(self, x_t, t, puzzle, x0_prev=None, h_prev=None, *, return_hidden=False):
+        out = orig(self, x_t, t, puzzle, x0_prev, h_prev, return_hidden=return_hidden)
+        est, hid = out if return_hidden else (out, None)
+        calls.append((torch.is_grad_enabled(), x_t.clone(), t.clone(), x0_prev, est.detach().clone(), h_prev,
+                      None if hid is None else hid.detach().clone()))
         return out
     monkeypatch.setattr(Denoiser, "forward", fwd)
     train_distill(p, d / "tr", teacher, d / "carry.pt", progress=False)
@@ -128,7 +132,7 @@ def test_training_on_the_carry_feeds_each_call_the_last_calls_step(setup, monkey
     sched = make_schedule("cosine", 50, 1.0)
     levels = chain.chain_levels(sched, 5)
     assert calls[0][2].tolist() == [int(levels[i % 5]) for i in range(32)]  # staggered start
-    for (_, x, t, _, est), (_, x_next, t_next, prev_next, _) in zip(calls, calls[1:]):
+    for (_, x, t, _, est, _, hid), (_, x_next, t_next, prev_next, _, h_next, _) in zip(calls, calls[1:]):
         going = t > levels[-2]  # slots not at their last call: they continue, the others are refilled
         m = torch.searchsorted(-levels, -t)
         assert (t_next[going] == levels[m[going] + 1]).all() and (t_next[~going] == levels[0]).all()
@@ -137,6 +141,10 @@ def test_training_on_the_carry_feeds_each_call_the_last_calls_step(setup, monkey
         torch.testing.assert_close(x_next[going], moved.x[going])
         torch.testing.assert_close(prev_next[going], est[going])
         assert not prev_next[~going].any()
+        if latent:
+            assert torch.equal(h_next[going], hid[going]) and not h_next[~going].any()
+        else:
+            assert h_next is None and hid is None
 
 
 @pytest.mark.parametrize("latent", [False, True], ids=["plain", "latent_cond"])
