@@ -183,6 +183,7 @@ def train_teacher(params: Params, data_dir: str | Path | None, out_path: str | P
                          f"(teacher.batch {cfg.batch} / {world.size} processes)")
     micro = [rows(local_batch, World(rank=i, size=cfg.accum)) for i in range(cfg.accum)]  # slot micro-batches
     forward = maybe_compile(train_forward, params.common.compile)
+    use_ids = data.puzzles > 1  # pass puzzle ids to the model (ARC) or None (Sudoku)
     model.train()
     t_start = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.steps, initial=step, desc="teacher", disable=not progress or not world.main, mininterval=2)
@@ -198,7 +199,6 @@ def train_teacher(params: Params, data_dir: str | Path | None, out_path: str | P
             for g in sign.param_groups:
                 g["lr"] = warmup_constant(step, cfg.puzzle_emb_lr, cfg.warmup)
             sign.zero_grad(set_to_none=True)
-        use_ids = data.puzzles > 1
         parts = []
         for i, mb in enumerate(micro):  # gradient accumulation over slot micro-batches (one without accum)
             sync = nullcontext() if not world.distributed or i == len(micro) - 1 else net.no_sync()
