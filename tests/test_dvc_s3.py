@@ -115,7 +115,7 @@ def test_repro_push_pull_roundtrip(tmp_path, s3, monkeypatch):
     assert (proj / "models" / "tdrm.pt").read_bytes() == tdrm_ckpt
     assert (proj / "models" / "tdrm_rl.pt").read_bytes() == rl_ckpt
     assert (proj / "traces" / "manifest.json").read_bytes() == manifest
-    assert (proj / "data" / "sudoku" / "meta.json").exists()
+    assert (proj / "data" / "task" / "meta.json").exists()
     # the traces dataset comes back intact: its manifest and every shard checksum verify
     from tdrm.traces.store import TraceReader
     for split in ("train", "val"):

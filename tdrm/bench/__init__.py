@@ -14,7 +14,9 @@ kernels: the whole-model rows of the kernel benchmark (tdrm/bench/kernels.py; GP
 scaling: training throughput of the teacher, distill (and rl) loops under torchrun at 1, 2, ... processes
 (tdrm/bench/scaling.py; samples per second and efficiency against the first count).
 arc: the trivial ARC baseline (dihedral transform + colour map consistent with the demonstrations)
-on ARC data versions, with the ARC Prize pass@1 / pass@2 and the strict rule (tdrm/tasks/arc).
+on ARC data versions, with the ARC Prize pass@1 / pass@2 and the strict rule (tdrm/tasks/arc);
+with `--teacher CKPT --data DIR`, that teacher (voted over augmentations) and the baseline on the
+held-out tasks of the data stage's ARC set, paired over test inputs and over tasks.
 solver: the exact solver over a whole puzzle file: every puzzle must match its listed answer
 (and rating); prints median / mean / p90 / max ms per puzzle.
 """
@@ -240,6 +242,36 @@ def bench_solver(path: str, limit: int | None, workers: int = 1) -> dict:
             "p90_ms": float(np.percentile(ms, 90)), "max_ms": float(ms.max()), "total_cpu_s": float(ms.sum() / 1000)}
 
 
+def bench_arc_teacher(teacher_path: str, data_dir: str, split: str, device) -> list[dict]:
+    """One row per solver (teacher, baseline) on the same held-out ARC tasks, with the paired tests."""
+    from ..checkpoint import load_teacher
+    from ..tasks.arc.dataset import load_set
+    from ..tasks.arc.evaluate import teacher_vs_baseline
+    arc = load_set(data_dir)
+    model, ck = load_teacher(teacher_path, device)
+    if ck.get("data_meta", {}).get("task") != "arc":
+        raise ValueError(f"{teacher_path} was not trained on ARC data (its data: {ck.get('data_meta', {}).get('task', 'sudoku')})")
+    if model.cfg.puzzles != arc.puzzles:
+        raise ValueError(f"{teacher_path} has {model.cfg.puzzles} puzzle embeddings, {data_dir} has {arc.puzzles} "
+                         "puzzle ids: the teacher was trained on another ARC set")
+    t0 = time.perf_counter()
+    r = teacher_vs_baseline(model, arc, split, 64, device)
+    rows = []
+    for name in ("teacher", "baseline"):
+        x = r[name]
+        row = {"solver": name, "version": r["version"], "split": split, "canvas": r["canvas"], "tasks": x["tasks"],
+               "test_inputs": x["test_inputs"], "pass@1": x["pass@1"], "pass@2": x["pass@2"],
+               "pass@2_strict": x["pass@2_strict"], "inputs_solved@2": x["inputs_solved@2"],
+               "inputs_ci95@2": "[{:.3f}, {:.3f}]".format(*x["inputs_ci95@2"])}
+        if name == "teacher":
+            pi, pt = r["paired_inputs_teacher_vs_baseline"], r["paired_tasks_strict_teacher_vs_baseline"]
+            row.update(paired_inputs=f"{pi['only_first']} / {pi['only_second']}, p = {pi['p_value']:.3g}",
+                       paired_tasks_strict=f"{pt['only_first']} / {pt['only_second']}, p = {pt['p_value']:.3g}",
+                       teacher_steps=ck["step"], seconds=round(time.perf_counter() - t0, 1))
+        rows.append(row)
+    return rows
+
+
 def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | None, limit: int | None,
                device, batch_size: int = 256) -> list[dict]:
     """One row per checkpoint (see the module doc); the teacher's row first (from the first
@@ -365,6 +397,8 @@ def run(what: str, **kw) -> int:
         from .scaling import bench_scaling
         rows = bench_scaling(kw["params"], kw["profile"], [int(n) for n in kw["procs"].split(",")], kw["steps"],
                              kw["data"], kw["traces"], kw["teacher"], tuple(kw["stages"].split(",")), kw["tdrm"])
+    elif what == "arc" and kw.get("teacher"):
+        rows = bench_arc_teacher(kw["teacher"], kw["data"], kw["split"], resolve_device(kw["device"]))
     elif what == "arc":
         from ..eval.metrics import wilson
         from ..tasks.arc.baseline import evaluate

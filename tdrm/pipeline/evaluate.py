@@ -10,6 +10,7 @@ from ..data.dataset import load_split
 from ..device import resolve_device, set_threads
 from ..eval.teacher import evaluate
 from ..dist import setup
+from ..tasks import require_task
 from .common import _finish, _tracked_ranks, _write_csv
 
 TEACHER_HEADLINE = {"n": "n", "exact": "exact_accuracy", "ci_low": "ci95.0", "ci_high": "ci95.1",
@@ -31,6 +32,7 @@ def evaluate_stage(params_path: str, data_dir: str, model_path: str, metrics_pat
     report is the `report` stage's (tdrm/pipeline/report.py). Under torchrun every rank evaluates its
     rows of each batch and the per-puzzle results are gathered before the paired tests; rank 0 writes."""
     p = config.load(params_path)
+    require_task(data_dir, "evaluate")  # Sudoku only so far (tdrm/tasks)
     set_threads(p.common.threads)
     world, device = setup(resolve_device(p.common.device), p.dist.timeout_s)  # torchrun's ranks, or one process
 

@@ -74,5 +74,7 @@ def report(out: str | Path, *, metrics_dir="metrics", plots_dir="plots", data_di
 def report_stage(metrics_dir: str, plots_dir: str, data_dir: str, teacher_path: str, tdrm_path: str, out: str) -> Path:
     """DVC stage `report`: the HTML page from the declared metrics, plots, test split and
     checkpoints only (no Sacred runs, no clock), on the CPU."""
+    from ..tasks import require_task
+    require_task(data_dir, "report")
     return report(out, metrics_dir=metrics_dir, plots_dir=plots_dir, data_dir=data_dir, teacher_path=teacher_path,
                   tdrm_path=tdrm_path, device="cpu", runs=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 from .. import config
 from ..device import resolve_device, set_threads
 from ..dist import setup
+from ..tasks import require_task
 from .common import _finish, _tracked_ranks, _write_csv
 
 RL_HEADLINE = {"n": "n", "exact": "after.exact_accuracy", "ci_low": "after.ci95.0", "ci_high": "after.ci95.1",
@@ -23,6 +24,7 @@ def rl_stage(params_path: str, data_dir: str, tdrm_path: str, model_out: str, me
     from ..rl.train import before_after, train_rl
 
     p = config.load(params_path)
+    require_task(data_dir, "rl")  # Sudoku only so far (tdrm/tasks)
     set_threads(p.common.threads)
     world, device = setup(resolve_device(p.common.device), p.dist.timeout_s)  # torchrun's ranks, or one process
 

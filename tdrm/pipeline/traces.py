@@ -7,12 +7,14 @@ from .. import config
 from ..checkpoint import load_teacher
 from ..device import resolve_device, set_threads
 from ..dist import setup
+from ..tasks import require_task
 from .common import _finish, _tracked_ranks
 
 def traces_stage(params_path: str, data_dir: str, model_path: str, out_dir: str, metrics_path: str) -> dict:
     from ..traces.record import record
 
     p = config.load(params_path)
+    require_task(data_dir, "traces")  # Sudoku only so far (tdrm/tasks)
     set_threads(p.common.threads)
     world, device = setup(resolve_device(p.common.device), p.dist.timeout_s)  # torchrun's ranks, or one process
 

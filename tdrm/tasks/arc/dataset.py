@@ -140,12 +140,12 @@ def invert_prediction(arc: ArcSet, puzzle_id: int, canvas: np.ndarray) -> np.nda
 
 
 def save(arc: ArcSet, out_dir: str | Path) -> None:
-    """out_dir/{train,dev,test}.npz and meta.json (version, size, task split, identifiers, truths)."""
+    """out_dir/{train,dev,test}.npz and meta.json (task "arc", version, size, task split, identifiers, truths)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for s, ex in (("train", arc.train), *arc.held_out.items()):
         np.savez_compressed(out / f"{s}.npz", **{k: getattr(ex, k) for k in Examples.__dataclass_fields__})
-    meta = {"version": arc.version, "size": arc.size, "tasks": arc.tasks, "identifiers": arc.identifiers,
+    meta = {"task": "arc", "version": arc.version, "size": arc.size, "tasks": arc.tasks, "identifiers": arc.identifiers,
             "truths": {s: {t: [g.tolist() for g in gs] for t, gs in ts.items()} for s, ts in arc.truths.items()}}
     (out / "meta.json").write_text(json.dumps(meta))
 
@@ -155,6 +155,8 @@ def load_set(out_dir: str | Path) -> ArcSet:
     if not (d / "meta.json").is_file():
         raise FileNotFoundError(f"{d}/meta.json is missing: not an ARC dataset directory (tdrm.tasks.arc.dataset.save)")
     meta = json.loads((d / "meta.json").read_text())
+    if meta.get("task") != "arc":
+        raise ValueError(f"{d} holds {meta.get('task', 'sudoku')!r} data, not an ARC dataset directory")
     ex = {}
     for s in SPLITS:
         with np.load(d / f"{s}.npz") as z:

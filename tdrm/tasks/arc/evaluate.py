@@ -1,6 +1,7 @@
 """A teacher on ARC held-out inputs: predictions on every augmentation of each test input, mapped
 back to the task's frame, voted (count, then the halting head's q), scored with the ARC Prize rule
-(`scoring.summarize`: pass@1, pass@2, strict)."""
+(`scoring.summarize`: pass@1, pass@2, strict); `teacher_vs_baseline` sets it beside the trivial
+baseline on the same tasks, paired."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,3 +43,40 @@ def evaluate_split(model, arc: ArcSet, split: str, batch_size: int = 64, device=
     canvases, q = predict(model, arc.held_out[split], batch_size, device)
     return {"version": arc.version, "split": split,
             **summarize(attempts_from(arc, split, canvases, q), arc.truths[split])}
+
+
+def baseline_attempts(arc: ArcSet, split: str) -> dict[str, list[list[np.ndarray]]]:
+    """The trivial baseline's attempts (`baseline.predict`) on a split's tasks, read from the data
+    version the set was built from."""
+    from .baseline import predict as baseline_predict
+    from .data import load
+    tasks = load(arc.version)["train"]
+    return {tid: baseline_predict(tasks[tid]) for tid in arc.tasks[split]}
+
+
+def _solved(attempts: dict, truths: dict, k: int = 2) -> list[bool]:
+    """Per test input (tasks in `truths` order), whether it is solved within k attempts."""
+    from .scoring import solved_within
+    return [solved_within(a, t, k) for tid, ts in truths.items() for a, t in zip(attempts[tid], ts)]
+
+
+def teacher_vs_baseline(model, arc: ArcSet, split: str = "test", batch_size: int = 64, device="cpu") -> dict:
+    """The teacher (voted over augmentations) and the trivial baseline on the same held-out tasks:
+    ARC Prize pass@1 / pass@2 and the strict rule for each, Wilson 95% intervals over test inputs,
+    and exact McNemar tests paired over test inputs (solved within 2 attempts) and over tasks
+    (strict: every test input solved)."""
+    from ...eval.metrics import mcnemar_exact, wilson
+    canvases, q = predict(model, arc.held_out[split], batch_size, device)
+    truths = arc.truths[split]
+    att = {"teacher": attempts_from(arc, split, canvases, q), "baseline": baseline_attempts(arc, split)}
+    out: dict = {"version": arc.version, "split": split, "canvas": arc.size}
+    inputs, strict = {}, {}
+    for name, a in att.items():
+        r = summarize(a, truths)
+        inputs[name] = _solved(a, truths)
+        strict[name] = [all(_solved({t: a[t]}, {t: truths[t]})) for t in truths]
+        lo, hi = wilson(sum(inputs[name]), len(inputs[name]))
+        out[name] = {**r, "inputs_ci95@2": [lo, hi]}
+    out["paired_inputs_teacher_vs_baseline"] = mcnemar_exact(inputs["teacher"], inputs["baseline"])
+    out["paired_tasks_strict_teacher_vs_baseline"] = mcnemar_exact(strict["teacher"], strict["baseline"])
+    return out
