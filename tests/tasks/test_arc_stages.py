@@ -55,8 +55,8 @@ def test_teacher_stage_trains_on_the_task_its_data_directory_holds(arc_run):
     m = json.loads((d / "m_train.json").read_text())
     teacher, ck = load_teacher(d / "teacher.pt")
     assert ck["data_meta"]["task"] == "arc" and teacher.puzzle_emb.shape[0] == 80 and ck["step"] == 60
-    assert 0 <= m["val_exact_accuracy_ema"] <= 1  # dev pass@2, logged during training
-    h = [json.loads(json.dumps(r)) for r in ck["history"]]
+    assert m["val_n"] == 4 and "val_exact_ema" in ck["history"][-1]  # dev pass@2 over the 4 dev tasks, logged
+    h = ck["history"]
     assert h[-1]["lm_loss"] < h[0]["lm_loss"], [r["lm_loss"] for r in h]
 
 
