@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .dataset import ArcSet, Examples, invert_prediction
-from .scoring import summarize, vote
+from .scoring import summarize, task_scores, vote
 
 
 @torch.no_grad()
@@ -74,7 +74,7 @@ def teacher_vs_baseline(model, arc: ArcSet, split: str = "test", batch_size: int
     for name, a in att.items():
         r = summarize(a, truths)
         inputs[name] = _solved(a, truths)
-        strict[name] = [all(_solved({t: a[t]}, {t: truths[t]})) for t in truths]
+        strict[name] = [v == 1.0 for v in task_scores(a, truths, 2).values()]  # every test input solved
         lo, hi = wilson(sum(inputs[name]), len(inputs[name]))
         out[name] = {**r, "inputs_ci95@2": [lo, hi]}
     out["paired_inputs_teacher_vs_baseline"] = mcnemar_exact(inputs["teacher"], inputs["baseline"])
