@@ -172,8 +172,9 @@ class Distill:
     ce_weight: float = 0.1
     ce_target: str = "solution"  # solution | teacher
     dynamics_weight: float = 0.0  # each generated step one teacher move from the previous (state yz or z)
-    row_noise: str = "shared"  # shared | independent | rolling: one noise level per trajectory or per row
+    row_noise: str = "shared"  # shared | independent | rolling | cells: one noise level per trajectory, per row, or per cell
     row_lag: float = 1.0  # rolling schedule: row r starts r * row_lag of a row's denoising after row 0 (0..1)
+    cell_window: float = 0.25  # row_noise cells: the share of the run over which one cell denoises (0..1]
     ce_rows: str = "last"  # last | all: answer CE on the last predicted row or on every row (teacher's argmax)
     self_correct_prob: float = 0.0  # share of batches noised from the model's own (detached) prediction
     chain_prob: float = 0.0  # share of steps that advance the chain carry: the model's own sampling chains (issue 13)

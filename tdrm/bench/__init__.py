@@ -153,19 +153,21 @@ def bench_denoiser(profile: str, params_path: str, steps: int, warmup: int, devi
     teacher's y, its cells and width): one no-grad call (the self-conditioning / error-correcting
     estimate), the trained call with it, backward and AdamW, as `train_distill` runs them."""
     from ..device import maybe_compile
-    from ..models.denoiser import Denoiser, row_lag_of
+    from ..models.denoiser import Denoiser, cell_window_of, row_lag_of
 
     p = _profile_params(profile, params_path)
     cfg, tcfg = p.distill, p.teacher.model
     shape = _shape_of(profile, p)
     k, c = (1 if cfg.final_only else tcfg.n_sup), tcfg.hidden
-    model = Denoiser(cfg.denoiser, k, shape.cells, c, shape.vocab, row_lag=row_lag_of(cfg)).to(device)
+    model = Denoiser(cfg.denoiser, k, shape.cells, c, shape.vocab, row_lag=row_lag_of(cfg),
+                     cell_window=cell_window_of(cfg)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     net = maybe_compile(model, compile_)
     g = torch.Generator().manual_seed(0)
     x_t = torch.randn(cfg.batch, k, shape.cells, c, generator=g).to(device)
     x0 = torch.randn(cfg.batch, k, shape.cells, c, generator=g).to(device)
-    t = torch.randint(1, cfg.T + 1, (cfg.batch,), generator=g).to(device)
+    levels = (cfg.batch, 1, shape.cells) if cfg.row_noise == "cells" else (cfg.batch,)  # per cell or shared
+    t = torch.randint(1, cfg.T + 1, levels, generator=g).to(device)
     puzzle = torch.randint(0, shape.vocab, (cfg.batch, shape.cells), generator=g).to(device)
 
     def train_step():
@@ -311,7 +313,8 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
         tokens = torch.as_tensor(to_tokens(ps.puzzles[:8]), device=device)
         cost = inference_cost(codec, model, tokens, diag["calls"])
         vs_t = mcnemar_exact(list(res["correct"]), list(teacher_correct))
-        arms = {k: d.get(k) for k in ("state", "row_noise", "row_lag", "ce_rows", "self_correct_prob", "chain_prob")}
+        arms = {k: d.get(k) for k in ("state", "row_noise", "row_lag", "cell_window", "ce_rows", "self_correct_prob",
+                                        "chain_prob")}
         arms["recur"] = d["denoiser"].get("recur", 1)
         arms["latent_cond"] = d["denoiser"].get("latent_cond", False)
         row = {"model": path, "arms": " ".join(f"{k}={v}" for k, v in arms.items()), "n": res["n"],
@@ -345,7 +348,8 @@ def _corrector(model, codec, schedule, ps, steps: int, seed: int, batch_size: in
     right = []
     for i in range(0, len(ps), batch_size):
         tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
-        x = generate(model, tokens, schedule, sampler="ddim", steps=steps, eta=0.0, generator=gen)
+        x = generate(model, tokens, schedule, sampler="ddim", steps=steps, eta=0.0, generator=gen,
+                     confidence=codec.cell_confidence)
         digits = teacher_corrected(codec, x, tokens, teacher_steps)  # (S, B, N)
         sol = torch.as_tensor(ps.solutions[i:i + batch_size], device=device).long()
         right.append((digits == sol[None]).all(-1).float().sum(1).cpu())

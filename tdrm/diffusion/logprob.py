@@ -20,3 +20,15 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor |
     diff = (x.double() - mean.double()).reshape(b, -1)
     lp = -diff.square().sum(-1) / (2 * sigma ** 2) - d * torch.log(sigma) - 0.5 * d * math.log(2 * math.pi)
     return lp / d if reduce == "mean" else lp
+
+
+def masked_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
+                             mask: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(sigma^2)) per sample (B,) over the coordinates where `mask` is true;
+    sigma and mask broadcast against x (e.g. (B, 1, L, 1) against (B, K, L, C): one sigma per cell).
+    Masked-out coordinates (sigma 0: deterministic) are not part of the density."""
+    m = mask.expand_as(x)
+    s = torch.where(m, sigma.double().expand_as(x), torch.ones((), dtype=torch.float64, device=x.device))
+    z = (x.double() - mean.double()) / s
+    per = -0.5 * z.square() - torch.log(s) - 0.5 * math.log(2 * math.pi)
+    return torch.where(m, per, torch.zeros_like(per)).reshape(x.shape[0], -1).sum(-1)

@@ -63,6 +63,24 @@ def rows_ce(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | No
     return (per * m).sum() / m.sum().clamp_min(1.0)
 
 
+def cell_mse(x0_hat: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+    """Per-cell noise levels: x0_hat, x0 (B, K, L, C), weights and the noised-cell mask (B, 1, L) ->
+    the weighted mean over the noised cells (all their rows) of each cell's mean squared error
+    (clean cells are context)."""
+    per = (x0_hat.float() - x0.float()).square().mean(-1)  # (B, K, L)
+    m = noisy.float().expand_as(per)
+    return (weights * per * m).sum() / m.sum().clamp_min(1.0)
+
+
+def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits (..., V) against targets (...), averaged over the entries where
+    `mask` (broadcastable to targets) is true."""
+    per = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                          reduction="none").view(targets.shape)
+    m = mask.float().expand_as(per)
+    return (per * m).sum() / m.sum().clamp_min(1.0)
+
+
 class DistillLoss(NamedTuple):
     loss: torch.Tensor  # () mse + ce_weight * ce, what is differentiated
     mse: torch.Tensor   # () weighted denoising term
@@ -73,11 +91,17 @@ def distillation_loss(x0_hat: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, s
                       weighting: str, ce_logits: torch.Tensor, ce_targets: torch.Tensor,
                       ce_weight: float) -> DistillLoss:
     """The distillation objective for predictions x0_hat of trajectories x0 (B, K, L, C) at levels t:
-    (B,) one level per trajectory, or (B, K) one per row, where rows at level 0 are clean context
-    and carry no loss. The denoising term is the x0-MSE weighted by `loss_weights(weighting)`; the
+    (B,) one level per trajectory, (B, K) one per row or (B, 1, L) one per cell, where rows (cells)
+    at level 0 are clean context and carry no loss. The denoising term is the x0-MSE weighted by `loss_weights(weighting)`; the
     CE term decodes either the answer, logits (B, N, V) against (B, N), or every row, logits
     (B, K, N, V) against (B, K, N) over the noised rows."""
-    weights = loss_weights(schedule, t, weighting)  # (B,) or (B, K)
+    weights = loss_weights(schedule, t, weighting)  # (B,), (B, K) or (B, 1, L)
+    if t.dim() == 3:  # one level per cell (B, 1, L): the loss is over the noised cells
+        noisy = t > 0
+        mse = cell_mse(x0_hat, x0, weights, noisy)
+        cells = noisy[..., noisy.shape[-1] - ce_logits.shape[-2]:]  # (B, 1, N): decoded cells, not prefix
+        ce = masked_ce(ce_logits, ce_targets, cells if ce_logits.dim() == 4 else cells[:, 0])
+        return DistillLoss(mse + ce_weight * ce, mse, ce)
     noisy = t > 0 if t.dim() == 2 else None  # (B, K)
     mse = denoising_mse(x0_hat, x0, weights) if noisy is None else row_mse(x0_hat, x0, weights, noisy)
     if ce_logits.dim() == 4:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .logprob import gaussian_log_prob
-from .schedules import Schedule, row_levels
+from .logprob import gaussian_log_prob, masked_gaussian_log_prob
+from .schedules import Schedule, cell_levels, cells_started, row_levels
 
 
 @dataclass
@@ -162,8 +162,9 @@ def sample_ddim(model, x_T, schedule: Schedule, *, generator: torch.Generator, s
 def row_step(schedule: Schedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor,
              eta: float, sigma_floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """DDIM's reverse step taken row by row: x_t, x0_hat (B, K, L, C), levels t, t_prev (K,) or
-    (B, K) -> (mean (B, K, L, C), sigma (K,) or (B, K)). A row whose level does not change is left as
-    it is (mean = x_t, sigma = 0); a row that reaches level 0 gets sigma 0 (its clean estimate)."""
+    (B, K), or per cell (B, 1, L) -> (mean (B, K, L, C), sigma of the levels' shape). A row (cell)
+    whose level does not change is left as it is (mean = x_t, sigma = 0); one that reaches level 0
+    gets sigma 0 (its clean estimate)."""
     ab = schedule.alpha_bar.to(x_t.device)
     ab_t, ab_p = ab[t], ab[t_prev]  # float64, shape of t
     moves = t_prev < t
@@ -171,8 +172,10 @@ def row_step(schedule: Schedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: tor
     sigma = torch.where(moves & (t_prev > 0), sigma.clamp_min(sigma_floor), torch.zeros_like(sigma))
     c_eps = (1 - ab_p - sigma ** 2).clamp_min(0).sqrt()
 
-    def bc(v):  # levels (..., K) -> broadcastable over (B, K, L, C)
+    def bc(v):  # levels (K,), (B, K) or (B, 1, L) -> broadcastable over (B, K, L, C)
         v = v.to(x_t.dtype)
+        if v.dim() == 3:
+            return v[..., None]
         return v.view(*v.shape, 1, 1) if v.dim() == 2 else v.view(1, -1, 1, 1)
     eps_hat = (x_t - bc(ab_t.sqrt()) * x0_hat) / bc((1 - ab_t).clamp_min(1e-12).sqrt())
     mean = bc(ab_p.sqrt()) * x0_hat + bc(c_eps) * eps_hat
@@ -211,3 +214,54 @@ def sample_rows(model, x_T, schedule: Schedule, *, generator: torch.Generator, s
         return mean, sigma, x_prev, lp
 
     return _chain(model, x_T, rounds, move, cond=cond, return_path=return_path)
+
+
+def top_margin(logits: torch.Tensor) -> torch.Tensor:
+    """Confidence of decoded logits (..., V): the top-1 minus top-2 probability (the margin order of
+    Kim et al. 2025, arXiv 2502.06768, section 4), (...)."""
+    top = logits.float().softmax(-1).topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
+
+
+def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, steps: int, window: float,
+                 confidence, cond=None, eta: float = 0.0, return_path: bool = False,
+                 sigma_floor: float = 0.0) -> Sample:
+    """Per-cell sampling for a model trained with one noise level per cell (`row_noise: cells`):
+    `steps` rounds from progress 0 to 1 of the cell-order schedule (`cell_levels`), where the order
+    is chosen as the chain goes (plan for the best, Kim et al. 2025): whenever the schedule starts
+    new cells, the not yet started ones whose current estimate is most confident are taken,
+    `confidence(x0_hat) -> (B, L)` (higher first). `model(x_t, t (B, 1, L), cond)`. The order is a
+    function of the chain's state, so each round is Gaussian given the state; its exact
+    log-probability sums over the cells that moved with sigma > 0 (None when none did)."""
+    if steps < 1:
+        raise ValueError(f"sampling steps must be >= 1, got {steps}")
+    b, _, cells = x_T.shape[:3]
+    dev = x_T.device
+    ranks = torch.full((b, cells), -1, dtype=torch.long, device=dev)  # order of start, -1 = not yet placed
+    placed = 0
+    x, out = x_T, Sample(x_T)
+    for m in range(steps):
+        p, p_next = m / steps, (m + 1) / steps
+        t = cell_levels(torch.full((b,), p, dtype=torch.float64), ranks, window, schedule.T)  # (B, 1, L)
+        x0_hat = model(x, t, cond) if b else torch.zeros_like(x)
+        need = cells_started(p_next, cells, window)
+        if need > placed and b:
+            conf = confidence(x0_hat).float().masked_fill(ranks >= 0, float("-inf"))  # (B, L)
+            pick = conf.topk(need - placed, dim=-1).indices  # (B, n) most confident first
+            ranks.scatter_(1, pick, torch.arange(placed, need, device=dev).expand(b, -1))
+            placed = need
+        t_next = cell_levels(torch.full((b,), p_next, dtype=torch.float64), ranks, window, schedule.T)
+        mean, sigma = row_step(schedule, x, x0_hat, t, t_next, eta, sigma_floor)  # sigma (B, 1, L)
+        noisy = sigma > 0
+        lp = None
+        if bool(noisy.any()):
+            x_prev = mean + sigma.to(x.dtype)[..., None] * _noise(x, generator)
+            if return_path:
+                lp = masked_gaussian_log_prob(x_prev, mean, sigma[..., None], noisy[..., None])
+        else:
+            x_prev = mean
+        if return_path:
+            out.path.append(Step(t, t_next, x, x0_hat, mean, sigma, x_prev, lp))
+        x = x_prev
+    out.x0 = x
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .samplers import draw_normal, sample_ddim, sample_ddpm, sample_rows
+from .samplers import draw_normal, sample_cells, sample_ddim, sample_ddpm, sample_rows
 
 SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm}
 
@@ -33,22 +33,32 @@ class SelfCondModel:
 @torch.no_grad()
 def generate(model, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, steps: int, eta: float,
              generator, return_path: bool = False, sigma_floor: float = 0.0,
-             window: tuple[int, int] | None = None):
+             window: tuple[int, int] | None = None, confidence=None):
     """Sample standardised trajectories (B, K, L, C) for puzzles (B, N); with `return_path`, the
     sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob, and with a
     latent_cond denoiser the call's hidden state, which the next call read). `window`:
     DDIM's stochastic steps (see `sample_ddim`); None = all. `generator`: a torch.Generator, or a
-    `samplers.RowSlice` (a data-parallel rank's rows of a batch drawn whole)."""
+    `samplers.RowSlice` (a data-parallel rank's rows of a batch drawn whole). `confidence`:
+    x0_hat (B, K, L, C) -> (B, L), which cells a per-cell model (`cell_window`) denoises first
+    (`Codec.cell_confidence`); other models ignore it."""
     b = puzzle_tokens.shape[0]
     x_T = draw_normal((b, model.K, model.L, model.C), generator).to(puzzle_tokens.device)  # a RowSlice: its rows
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
     if sampler == "ddpm" and eta != 1.0:
         raise ValueError(f"ddpm samples at eta 1 (the posterior variance), got eta={eta}; use ddim for other values")
-    if window is not None and (sampler != "ddim" or getattr(model, "row_lag", None) is not None):
+    cell_window = getattr(model, "cell_window", None)
+    if window is not None and (sampler != "ddim" or getattr(model, "row_lag", None) is not None
+                               or cell_window is not None):
         raise ValueError("a stochastic window is a DDIM option (shared noise level); this model or sampler has none")
     closure = SelfCondModel(model, puzzle_tokens, record=return_path)
-    if getattr(model, "row_lag", None) is not None:  # trained with one noise level per row: rolling schedule
+    if cell_window is not None:  # trained with one noise level per cell: most confident cells first
+        if confidence is None:
+            raise ValueError("this denoiser was trained with one noise level per cell (distill.row_noise: cells): "
+                             "sampling it needs a confidence function (codec.cell_confidence)")
+        out = sample_cells(closure, x_T, schedule, generator=generator, steps=steps, window=cell_window,
+                           confidence=confidence, eta=eta, return_path=return_path, sigma_floor=sigma_floor)
+    elif getattr(model, "row_lag", None) is not None:  # trained with one noise level per row: rolling schedule
         out = sample_rows(closure, x_T, schedule, generator=generator, steps=steps,
                           lag=model.row_lag, eta=eta, return_path=return_path, sigma_floor=sigma_floor)
     else:

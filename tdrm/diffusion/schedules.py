@@ -83,3 +83,37 @@ def row_levels(progress: torch.Tensor, rows: int, lag: float, T: int) -> torch.T
     p = progress.double()[..., None]
     tau = (1 - (p * (1 + (rows - 1) * lag) - r * lag)).clamp(0.0, 1.0)
     return torch.round(tau * T).long()
+
+
+def cell_starts(cells: int, window: float) -> torch.Tensor:
+    """Progress (cells,) float64 at which the cell of rank r (0 = first) starts denoising when each
+    cell takes a fraction `window` of the run: starts spread evenly over [0, 1 - window]."""
+    if not 0.0 < window <= 1.0:
+        raise ValueError(f"distill.cell_window must be in (0, 1], got {window}")
+    r = torch.arange(cells, dtype=torch.float64)
+    return r / max(cells - 1, 1) * (1.0 - window)
+
+
+def cell_levels(progress: torch.Tensor, ranks: torch.Tensor, window: float, T: int) -> torch.Tensor:
+    """Per-cell integer noise levels of the cell-order schedule (the continuous analogue of a masked
+    diffusion's unmasking order; Kim et al. 2025, arXiv 2502.06768): progress p (B,) in [0, 1] and
+    each cell's rank in the order (B, L) long (a rank < 0 = not yet placed: still pure noise) ->
+    levels (B, 1, L) in 0..T, shared by the cell's trajectory rows (the 1 broadcasts over them):
+
+        tau_c(p) = clip(1 - (p - start(rank_c)) / window, 0, 1),   t_c = round(T tau_c),
+
+    start(r) from `cell_starts`. p = 0 is pure noise everywhere, p = 1 clean everywhere; window 1 is
+    one shared level (plain diffusion), a small window denoises the cells nearly one at a time."""
+    starts = cell_starts(ranks.shape[-1], window).to(ranks.device)
+    s = starts[ranks.clamp(min=0)]  # (B, L)
+    tau = (1 - (progress.double().to(ranks.device)[:, None] - s) / window).clamp(0.0, 1.0)
+    tau = torch.where(ranks < 0, torch.ones_like(tau), tau)
+    return torch.round(tau * T).long()[:, None]  # (B, 1, L)
+
+
+def cells_started(progress: float, cells: int, window: float) -> int:
+    """How many cells have started denoising by progress p (ranks 0..n-1 have start < p, or all of
+    them at p >= 1)."""
+    if progress >= 1.0:
+        return cells
+    return int((cell_starts(cells, window) < progress).sum())

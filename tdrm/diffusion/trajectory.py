@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .samplers import top_margin
+
 
 STATES = ("y", "yz", "z")
 
@@ -153,6 +155,15 @@ class Codec:
             return self.step_logits(x_std)[:, -1]
         y, _ = self._split(x_std[:, -1])
         return self.teacher.lm_head(y[:, self.layout.prefix:])
+
+    def cell_confidence(self, x_std: torch.Tensor) -> torch.Tensor:
+        """(B, R, L, C') -> (B, L): how sure the decoded answer is at each recorded position, the
+        top-1 minus top-2 probability of the final state's digit; prefix positions, which decode to
+        nothing, come first (+inf). What a per-cell sampler orders its cells by."""
+        conf = top_margin(self.answer_logits(x_std))  # (B, N)
+        if self.layout.prefix:
+            conf = torch.cat([conf.new_full((conf.shape[0], self.layout.prefix), float("inf")), conf], dim=1)
+        return conf
 
     # -- dynamics -------------------------------------------------------------------------
     def check_dynamics(self) -> None:

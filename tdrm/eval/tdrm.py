@@ -46,7 +46,8 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
         g = RowSlice(gen, nb, mine) if world.distributed else gen
         best, best_ok, steps_right = None, None, None
         for j in range(samples):
-            x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=g)  # (B, R, L, C)
+            x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=g,
+                         confidence=codec.cell_confidence)  # (B, R, L, C)
             y = codec.step_y(x)  # (B, K, N, D)
             boards = logits_to_digits(codec.teacher.lm_head(y))  # (B, K, N) digits
             ok = valid_boards(p, boards[:, -1], ps.shape)
@@ -124,7 +125,8 @@ def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: 
         p = torch.as_tensor(ps.puzzles[i:i + batch_size], device=device).long()
         s = torch.as_tensor(ps.solutions[i:i + batch_size], device=device).long()
         tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
-        out = generate(model, tokens, schedule, sampler="ddim", steps=steps, eta=0.0, generator=gen, return_path=True)
+        out = generate(model, tokens, schedule, sampler="ddim", steps=steps, eta=0.0, generator=gen, return_path=True,
+                       confidence=codec.cell_confidence)
         boards = torch.stack([logits_to_digits(codec.answer_logits(st.x0_hat)) for st in out.path])  # (M, B, N)
         right = boards == s[None]
         blank = p == 0  # (B, N)

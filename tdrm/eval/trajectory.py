@@ -71,7 +71,7 @@ def tdrm_path(model, codec, schedule, puzzle: np.ndarray, *, over: str = "steps"
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         out = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=gen,
-                       return_path=over == "sampling")
+                       return_path=over == "sampling", confidence=codec.cell_confidence)
         if over == "steps":
             logits = codec.step_logits(out)[0]  # (K, C, V)
             labels = [f"step {k + 1}" for k in range(logits.shape[0])]

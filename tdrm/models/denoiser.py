@@ -47,6 +47,26 @@ class SelfAttention(nn.Module):
         return self.out(rearrange(o, "n h s e -> n s (h e)"))
 
 
+class CellTime:
+    """Time embeddings of a per-cell call: `cells` (B, L, D) for the trajectory rows (every row of a
+    cell shares its level) and `clean` (D,) for the clean puzzle row. Modulations are computed once
+    per cell and broadcast over the rows."""
+
+    def __init__(self, cells: torch.Tensor, clean: torch.Tensor):
+        self.cells, self.clean = cells, clean
+
+    def modulation(self, linear: nn.Module, k1: int, puzzle_row: bool = True) -> torch.Tensor:
+        """linear(silu(temb)) per token, (B (K1 or K1 - 1) L, out), row 0 the clean puzzle row
+        when `puzzle_row`."""
+        b, l, _ = self.cells.shape
+        cells = linear(F.silu(self.cells))  # (B, L, out)
+        rows = cells[:, None].expand(b, k1 - 1 if puzzle_row else k1, l, -1)
+        if puzzle_row:
+            clean = linear(F.silu(self.clean)).expand(b, 1, l, -1)
+            rows = torch.cat([clean, rows], dim=1)
+        return rows.reshape(-1, rows.shape[-1])
+
+
 class DenoiserBlock(nn.Module):
     """adaLN-Zero block; `axis` is `all`, `steps`, `cells` (attention) or `cells_mlp`: an MLP
     along the cell axis (MLP-Mixer / TRM's mlp_t token mixing, fixed cell-to-cell weights)."""
@@ -61,9 +81,13 @@ class DenoiserBlock(nn.Module):
         nn.init.zeros_(self.ada.bias)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        """h (B, K1, L, D), temb (B, D) (one noise level per sample) or (B, K1, D) (one per row)."""
+        """h (B, K1, L, D), temb (B, D) (one noise level per sample), (B, K1, D) (one per row) or a
+        `CellTime` (one per cell)."""
         b, k1, l, d = h.shape
-        if temb.dim() == 3:  # per-row modulation: each row is its own adaLN "sample" of L tokens
+        if isinstance(temb, CellTime):  # per-cell modulation: each token is its own adaLN "sample"
+            s1, c1, g1, s2, c2, g2 = temb.modulation(self.ada, k1).chunk(6, dim=-1)  # (B K1 L, D)
+            hf = h.reshape(b * k1 * l, 1, d)
+        elif temb.dim() == 3:  # per-row modulation: each row is its own adaLN "sample" of L tokens
             s1, c1, g1, s2, c2, g2 = self.ada(F.silu(temb)).reshape(b * k1, 6 * d).chunk(6, dim=-1)  # (B K1, D)
             hf = h.reshape(b * k1, l, d)
         else:
@@ -85,11 +109,14 @@ class DenoiserBlock(nn.Module):
 
 class Denoiser(nn.Module):
     def __init__(self, cfg: DenoiserConfig, steps: int, cells: int, channels: int, vocab: int, prefix: int = 0,
-                 row_lag: float | None = None):
+                 row_lag: float | None = None, cell_window: float | None = None):
         """`row_lag`: None when trained with one noise level per sample; else the model takes one
-        level per row and is sampled with the rolling schedule of that lag (`samplers.sample_rows`)."""
+        level per row and is sampled with the rolling schedule of that lag (`samplers.sample_rows`).
+        `cell_window`: not None when trained with one level per cell (`samplers.sample_cells`)."""
         super().__init__()
-        self.row_lag = row_lag
+        if row_lag is not None and cell_window is not None:
+            raise ValueError("a denoiser takes one level per row (row_lag) or per cell (cell_window), not both")
+        self.row_lag, self.cell_window = row_lag, cell_window
         if not 0 <= prefix < cells:
             raise ValueError(f"prefix positions must be in 0..{cells - 1}, got {prefix}")
         if cfg.attention not in ("full", "factorised"):
@@ -147,7 +174,12 @@ class Denoiser(nn.Module):
             h = h + self.latent(torch.zeros_like(h) if h_prev is None else h_prev.to(h.dtype))
         elif h_prev is not None:
             raise ValueError("a previous hidden state was given to a denoiser without latent_cond")
-        if t.dim() == 2:  # per-row levels (B, K); the puzzle row is clean
+        if t.dim() == 3:  # per-cell levels (B, 1, L), shared by the cell's rows; the puzzle row is clean
+            if t.shape != (b, 1, self.L):
+                raise ValueError(f"expected per-cell steps ({b}, 1, {self.L}), got {tuple(t.shape)}")
+            temb = CellTime(self.time(timestep_embedding(t.reshape(-1), d)).reshape(b, self.L, d),
+                            self.time(timestep_embedding(t.new_zeros(1), d))[0])
+        elif t.dim() == 2:  # per-row levels (B, K); the puzzle row is clean
             if t.shape != (b, self.K):
                 raise ValueError(f"expected per-row steps ({b}, {self.K}), got {tuple(t.shape)}")
             t1 = torch.cat([torch.zeros_like(t[:, :1]), t], dim=1)  # (B, K1)
@@ -158,7 +190,10 @@ class Denoiser(nn.Module):
             for blk in self.blocks:
                 h = blk(h, temb)
         hidden = h  # (B, K1, L, D)
-        if temb.dim() == 3:
+        if isinstance(temb, CellTime):
+            shift, scale = temb.modulation(self.final_ada, self.K, puzzle_row=False).chunk(2, dim=-1)  # (B K L, D)
+            h = adaln(h[:, 1:].reshape(b * self.K * self.L, 1, d), shift, scale)[1]
+        elif temb.dim() == 3:
             shift, scale = self.final_ada(F.silu(temb[:, 1:])).reshape(b * self.K, 2 * d).chunk(2, dim=-1)
             h = adaln(h[:, 1:].reshape(b * self.K, self.L, d), shift, scale)[1]
         else:
@@ -169,8 +204,13 @@ class Denoiser(nn.Module):
 
 
 def row_lag_of(cfg) -> float | None:
-    """The denoiser's sampling schedule: None for one shared level, else the rolling lag."""
-    return None if cfg.row_noise == "shared" else float(cfg.row_lag)
+    """The denoiser's per-row sampling schedule: the rolling lag, or None (one shared level, or per cell)."""
+    return None if cfg.row_noise in ("shared", "cells") else float(cfg.row_lag)
+
+
+def cell_window_of(cfg) -> float | None:
+    """The denoiser's per-cell sampling window, or None (not trained per cell)."""
+    return float(cfg.cell_window) if cfg.row_noise == "cells" else None
 
 
 def build_denoiser(cfg, steps: int, cells: int, channels: int, vocab: int, prefix: int, *, teacher, stdz,
@@ -180,12 +220,16 @@ def build_denoiser(cfg, steps: int, cells: int, channels: int, vocab: int, prefi
     and the schedule."""
     dc = cfg.denoiser
     if dc.arch == "dit":
-        return Denoiser(dc, steps, cells, channels, vocab, prefix=prefix, row_lag=row_lag_of(cfg))
+        return Denoiser(dc, steps, cells, channels, vocab, prefix=prefix, row_lag=row_lag_of(cfg),
+                        cell_window=cell_window_of(cfg))
     if dc.arch != "move":
         raise ValueError(f"denoiser arch must be dit or move, got {dc.arch!r}")
     if dc.latent_cond:
         raise ValueError("denoiser latent_cond is a dit option (arch move carries the teacher's state instead): "
                          "set distill.denoiser.latent_cond: false with arch move")
+    if cfg.row_noise == "cells":
+        raise ValueError("denoiser arch move moves whole rows: it cannot take one noise level per cell "
+                         "(row_noise: cells needs arch dit)")
     if cfg.state != "yz":
         raise ValueError(f"denoiser arch move models the teacher's (y, z) rows: it needs distill.state yz, got {cfg.state!r}")
     if cfg.final_only:

@@ -96,7 +96,8 @@ def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, gener
     g = cfg.group_size
     tokens = torch.as_tensor(to_tokens(puzzles), device=device).repeat_interleave(g, 0)  # (S, N)
     sample = generate(model, tokens, schedule, sampler="ddim", steps=cfg.sample_steps, eta=cfg.eta,
-                      generator=generator, return_path=True, sigma_floor=cfg.sigma_floor, window=cfg.sde_window)
+                      generator=generator, return_path=True, sigma_floor=cfg.sigma_floor, window=cfg.sde_window,
+                      confidence=codec.cell_confidence)
     with torch.no_grad():
         boards = logits_to_digits(codec.answer_logits(sample.x0))  # (S, N) digits
     digits = torch.as_tensor(puzzles, device=device).long().repeat_interleave(g, 0)
@@ -132,6 +133,10 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
     local = per_rank_batch(cfg.puzzles, world, "rl.puzzles")  # this rank's puzzles per rollout batch
     device = device if device is not None else resolve_device(params.common.device)
     model, codec, schedule, ck = load_tdrm(tdrm_path, device)
+    if getattr(model, "row_lag", None) is not None or getattr(model, "cell_window", None) is not None:
+        raise ValueError(f"RL trains the shared-level DDIM chain; {tdrm_path} was trained with one noise level per "
+                         f"row or per cell (distill.row_noise: {ck['config']['distill']['row_noise']}), whose "
+                         "rollouts the estimators do not handle yet")
     for p in codec.teacher.parameters():
         p.requires_grad_(False)
     ref = copy.deepcopy(model).eval()

@@ -34,7 +34,7 @@ from ..dist import SINGLE, World, all_gather_objects, all_mean, barrier, loss_sc
 from ..diffusion.losses import distillation_loss
 from ..diffusion.samplers import row_step
 from ..diffusion.sampling import generate
-from ..diffusion.schedules import make_schedule, q_sample, row_levels
+from ..diffusion.schedules import cell_levels, make_schedule, q_sample, row_levels
 from ..diffusion.trajectory import Codec, Layout
 from ..traces.tensors import fit_standardizer, state_tensor
 from ..models.denoiser import build_denoiser
@@ -45,7 +45,7 @@ from . import carry as chain
 from .optim import EMA, warmup_constant, warmup_cosine
 from ..rng import DISTILL_BATCHES, VALIDATION_SAMPLING, stream
 
-ROW_NOISE = ("shared", "independent", "rolling")
+ROW_NOISE = ("shared", "independent", "rolling", "cells")
 
 
 def check_arms(cfg) -> None:
@@ -54,6 +54,8 @@ def check_arms(cfg) -> None:
         raise ValueError(f"distill.row_noise must be one of {ROW_NOISE}, got {cfg.row_noise!r}")
     if not 0.0 <= cfg.row_lag <= 1.0:
         raise ValueError(f"distill.row_lag must be in [0, 1], got {cfg.row_lag}")
+    if not 0.0 < cfg.cell_window <= 1.0:
+        raise ValueError(f"distill.cell_window must be in (0, 1], got {cfg.cell_window}")
     if cfg.ce_rows not in ("last", "all"):
         raise ValueError(f"distill.ce_rows must be last or all, got {cfg.ce_rows!r}")
     if cfg.ce_rows == "all" and cfg.state == "z":
@@ -74,12 +76,22 @@ def check_arms(cfg) -> None:
                          "it needs denoiser.self_cond true")
 
 
-def draw_levels(cfg, b: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_levels(cfg, b: int, k: int, gen: torch.Generator, cells: int = 0,
+                prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Training noise levels t and the levels t_hi one sampling round earlier (noisier), as the
-    sampler visits them: (B,) each for a shared level, (B, K) for per-row levels.
+    sampler visits them: (B,) each for a shared level, (B, K) for per-row levels, (B, 1, L) per cell.
     shared: t ~ U{1..T}; independent: every row's t ~ U{0..T} (Diffusion Forcing); rolling: a
-    progress p ~ U(0, 1) through the rolling schedule of `row_lag` (`row_levels`)."""
+    progress p ~ U(0, 1) through the rolling schedule of `row_lag` (`row_levels`); cells: a progress
+    p ~ U(0, 1) through the cell-order schedule (`cell_levels`) of a random order of the `cells`
+    positions (train for every order; the sampler picks the most confident), the `prefix` positions
+    first, as the sampler takes them."""
     T, dt = cfg.T, 1.0 / cfg.sample_steps
+    if cfg.row_noise == "cells":
+        p = torch.rand((b,), generator=gen, dtype=torch.float64)
+        order = torch.rand((b, cells - prefix), generator=gen).argsort(-1).argsort(-1) + prefix  # ranks of the cells
+        ranks = torch.cat([torch.arange(prefix).expand(b, -1), order], dim=1)  # (B, L)
+        return (cell_levels(p, ranks, cfg.cell_window, T),
+                cell_levels((p - dt).clamp(min=0.0), ranks, cfg.cell_window, T))
     if cfg.row_noise == "shared":
         t = torch.randint(1, T + 1, (b,), generator=gen)
         return t, (t + max(T // cfg.sample_steps, 1)).clamp(max=T)
@@ -93,7 +105,7 @@ def draw_levels(cfg, b: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor
 def self_correct_input(schedule, x_hi: torch.Tensor, x0_hi: torch.Tensor, t_hi: torch.Tensor,
                        t: torch.Tensor) -> torch.Tensor:
     """x_t made by the deterministic DDIM step from x_hi at t_hi with the model's estimate x0_hi
-    (what sampling feeds the next call), per sample (B,) or per row (B, K) levels."""
+    (what sampling feeds the next call), per sample (B,), per row (B, K) or per cell (B, 1, L) levels."""
     if t.dim() == 1:
         t, t_hi = t[:, None].expand(-1, x_hi.shape[1]), t_hi[:, None].expand(-1, x_hi.shape[1])
     return row_step(schedule, x_hi, x0_hi, t_hi, t, eta=0.0)[0]
@@ -163,7 +175,8 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     def evaluate_ema() -> tuple[float, float]:
         """(exact, cell) accuracy of the EMA model's samples on the first validation puzzles."""
         x = generate(ema.model, v_tokens, schedule, sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta,
-                     generator=torch.Generator().manual_seed(params.common.seed + VALIDATION_SAMPLING))
+                     generator=torch.Generator().manual_seed(params.common.seed + VALIDATION_SAMPLING),
+                     confidence=codec.cell_confidence)
         right = codec.answer_logits(x).argmax(-1) == v_sol
         return float(right.all(-1).float().mean()), float(right.float().mean())
 
@@ -279,7 +292,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
             continue
         x0 = stdz.forward(trajectory(batch))  # (B, K, L, C), the global batch
         b = x0.shape[0]
-        t, t_hi = draw_levels(cfg, b, x0.shape[1], gen)
+        t, t_hi = draw_levels(cfg, b, x0.shape[1], gen, x0.shape[2], layout.prefix)
         eps = torch.randn(x0.shape, generator=gen)
         mine = rows(b, world)  # this rank's rows (all of them in one process)
         x0, t, t_hi, eps = x0[mine].to(device), t[mine].to(device), t_hi[mine].to(device), eps[mine].to(device)

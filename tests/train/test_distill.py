@@ -137,6 +137,8 @@ ARMS = [{"row_noise": "rolling", "row_lag": 1.0}, {"row_noise": "independent", "
         {"ce_rows": "all"}, {"self_correct_prob": 1.0}, {"denoiser": {**DISTILL["denoiser"], "recur": 2}},
         {"row_noise": "rolling", "row_lag": 0.5, "ce_rows": "all", "self_correct_prob": 0.5},
         {"self_correct_prob": 0.5, "chain_prob": 0.3,
+         "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True}},
+        {"row_noise": "cells", "cell_window": 0.3, "ce_rows": "all", "self_correct_prob": 0.5,
          "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True}}]
 
 
@@ -154,12 +156,17 @@ def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, 
     mse = [v for _, v in tr.scalars["distill.mse"]]
     assert mse[-1] < mse[0], mse
     model, codec, sched, ck = load_tdrm(tmp_path / "tdrm.pt")
-    rolling = arm.get("row_noise", "shared") != "shared"
+    rolling = arm.get("row_noise", "shared") in ("rolling", "independent")
     assert model.row_lag == (arm["row_lag"] if rolling else None)
+    assert model.cell_window == (arm["cell_window"] if arm.get("row_noise") == "cells" else None)
     assert model.cfg.recur == arm.get("denoiser", {}).get("recur", 1)
     assert model.cfg.latent_cond == arm.get("denoiser", {}).get("latent_cond", False)
     res = evaluate_tdrm(model, codec, sched, load_split(d, "val"), sampler="ddim", steps=6, eta=0.0, samples=1, seed=0)
     assert res["n"] == 30 and len(res["per_step_exact_accuracy_first_sample"]) == teacher.cfg.n_sup
+    if arm.get("row_noise", "shared") != "shared":  # RL's estimators take the shared-level chain only
+        from tdrm.rl.train import train_rl
+        with pytest.raises(ValueError, match="shared-level DDIM chain"):
+            train_rl(p, tmp_path / "tdrm.pt", d, tmp_path / "rl.pt", progress=False)
 
 
 def test_error_correcting_batches_are_built_from_detached_predictions(setup, monkeypatch):
@@ -200,7 +207,9 @@ def test_error_correcting_batches_are_built_from_detached_predictions(setup, mon
 def test_issue13_switches_refuse_bad_values(setup, tmp_path):
     _, d, teacher = setup
     for over, msg in [({"row_noise": "diagonal"}, "row_noise"), ({"row_noise": "rolling", "row_lag": 2.0}, "row_lag"),
-                      ({"ce_rows": "some"}, "ce_rows"), ({"self_correct_prob": 1.5}, "self_correct_prob")]:
+                      ({"ce_rows": "some"}, "ce_rows"), ({"self_correct_prob": 1.5}, "self_correct_prob"),
+                      ({"row_noise": "cells", "cell_window": 0.0}, "cell_window"),
+                      ({"row_noise": "cells", "chain_prob": 0.5}, "needs row_noise shared")]:
         with pytest.raises(ValueError, match=msg):
             train_distill(tiny_params({"distill": {**DISTILL, **over}}), d / "tr", teacher, tmp_path / "x.pt",
                           progress=False)
