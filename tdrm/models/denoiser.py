@@ -50,21 +50,22 @@ class SelfAttention(nn.Module):
 class CellTime:
     """Time embeddings of a per-cell call: `cells` (B, L, D) for the trajectory rows (every row of a
     cell shares its level) and `clean` (D,) for the clean puzzle row. Modulations are computed once
-    per cell and broadcast over the rows."""
+    per cell and broadcast over the rows, never materialised per token."""
 
     def __init__(self, cells: torch.Tensor, clean: torch.Tensor):
         self.cells, self.clean = cells, clean
 
-    def modulation(self, linear: nn.Module, k1: int, puzzle_row: bool = True) -> torch.Tensor:
-        """linear(silu(temb)) per token, (B (K1 or K1 - 1) L, out), row 0 the clean puzzle row
-        when `puzzle_row`."""
-        b, l, _ = self.cells.shape
-        cells = linear(F.silu(self.cells))  # (B, L, out)
-        rows = cells[:, None].expand(b, k1 - 1 if puzzle_row else k1, l, -1)
-        if puzzle_row:
-            clean = linear(F.silu(self.clean)).expand(b, 1, l, -1)
-            rows = torch.cat([clean, rows], dim=1)
-        return rows.reshape(-1, rows.shape[-1])
+    def split(self, linear: nn.Module, parts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """linear(silu(temb)) cut into `parts` modulations, each a pair (puzzle row (1, 1, 1, D),
+        trajectory rows (B, 1, L, D)) that broadcasts over (B, 1, L, D) and (B, K, L, D)."""
+        clean = linear(F.silu(self.clean)).view(1, 1, 1, -1).chunk(parts, dim=-1)
+        cells = linear(F.silu(self.cells))[:, None].chunk(parts, dim=-1)
+        return list(zip(clean, cells))
+
+
+def _modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """modulate(layer_norm(h)) with broadcasting shift / scale: what `kernels.adaln` computes."""
+    return F.layer_norm(h, (h.shape[-1],), eps=1e-5) * (1 + scale) + shift
 
 
 class DenoiserBlock(nn.Module):
@@ -84,27 +85,42 @@ class DenoiserBlock(nn.Module):
         """h (B, K1, L, D), temb (B, D) (one noise level per sample), (B, K1, D) (one per row) or a
         `CellTime` (one per cell)."""
         b, k1, l, d = h.shape
-        if isinstance(temb, CellTime):  # per-cell modulation: each token is its own adaLN "sample"
-            s1, c1, g1, s2, c2, g2 = temb.modulation(self.ada, k1).chunk(6, dim=-1)  # (B K1 L, D)
-            hf = h.reshape(b * k1 * l, 1, d)
-        elif temb.dim() == 3:  # per-row modulation: each row is its own adaLN "sample" of L tokens
+        if isinstance(temb, CellTime):
+            return self._forward_cells(h, temb)
+        if temb.dim() == 3:  # per-row modulation: each row is its own adaLN "sample" of L tokens
             s1, c1, g1, s2, c2, g2 = self.ada(F.silu(temb)).reshape(b * k1, 6 * d).chunk(6, dim=-1)  # (B K1, D)
             hf = h.reshape(b * k1, l, d)
         else:
             s1, c1, g1, s2, c2, g2 = self.ada(F.silu(temb)).chunk(6, dim=-1)  # each (B, D)
             hf = h.reshape(b, k1 * l, d)  # (B, N, D) tokens
         x = adaln(hf, s1, c1)[1].reshape(b, k1, l, d)  # modulate(layer_norm(h)), kernels.adaln
-        if self.axis == "all":
-            a = self.attn(x.reshape(b, k1 * l, d)).reshape(b, k1, l, d)
-        elif self.axis == "cells_mlp":
-            a = rearrange(self.attn(rearrange(x, "b k l d -> b k d l")), "b k d l -> b k l d")
-        elif self.axis == "steps":
-            a = rearrange(self.attn(rearrange(x, "b k l d -> (b l) k d")), "(b l) k d -> b k l d", b=b)
-        else:
-            a = rearrange(self.attn(rearrange(x, "b k l d -> (b k) l d")), "(b k) l d -> b k l d", b=b)
+        a = self._mix(x)
         # h + g1 a and the next sublayer's modulated norm in one op
         hf, x = adaln(hf, s2, c2, a.reshape(hf.shape), g1)
         return (hf + g2[:, None] * self.mlp(x)).reshape(b, k1, l, d)
+
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The token mixer along the block's axis: x (B, K1, L, D) -> (B, K1, L, D)."""
+        b, k1, l, d = x.shape
+        if self.axis == "all":
+            return self.attn(x.reshape(b, k1 * l, d)).reshape(b, k1, l, d)
+        if self.axis == "cells_mlp":
+            return rearrange(self.attn(rearrange(x, "b k l d -> b k d l")), "b k d l -> b k l d")
+        if self.axis == "steps":
+            return rearrange(self.attn(rearrange(x, "b k l d -> (b l) k d")), "(b l) k d -> b k l d", b=b)
+        return rearrange(self.attn(rearrange(x, "b k l d -> (b k) l d")), "(b k) l d -> b k l d", b=b)
+
+    def _forward_cells(self, h: torch.Tensor, temb: CellTime) -> torch.Tensor:
+        """The block with one modulation per cell: row 0 (the puzzle) takes the clean level's, rows
+        1..K their cell's, broadcast (the same ops as `kernels.adaln`'s reference, per part)."""
+        (s1, c1, g1, s2, c2, g2) = temb.split(self.ada, 6)  # pairs (puzzle row, trajectory rows)
+        h0, hr = h[:, :1], h[:, 1:]
+        x = torch.cat([_modulate(h0, s1[0], c1[0]), _modulate(hr, s1[1], c1[1])], dim=1)
+        a = self._mix(x)
+        h0, hr = h0 + g1[0] * a[:, :1], hr + g1[1] * a[:, 1:]
+        x = torch.cat([_modulate(h0, s2[0], c2[0]), _modulate(hr, s2[1], c2[1])], dim=1)
+        m = self.mlp(x)
+        return torch.cat([h0 + g2[0] * m[:, :1], hr + g2[1] * m[:, 1:]], dim=1)
 
 
 class Denoiser(nn.Module):
@@ -191,8 +207,8 @@ class Denoiser(nn.Module):
                 h = blk(h, temb)
         hidden = h  # (B, K1, L, D)
         if isinstance(temb, CellTime):
-            shift, scale = temb.modulation(self.final_ada, self.K, puzzle_row=False).chunk(2, dim=-1)  # (B K L, D)
-            h = adaln(h[:, 1:].reshape(b * self.K * self.L, 1, d), shift, scale)[1]
+            (_, shift), (_, scale) = temb.split(self.final_ada, 2)  # (B, 1, L, D) each
+            h = _modulate(h[:, 1:], shift, scale)  # (B, K, L, D)
         elif temb.dim() == 3:
             shift, scale = self.final_ada(F.silu(temb[:, 1:])).reshape(b * self.K, 2 * d).chunk(2, dim=-1)
             h = adaln(h[:, 1:].reshape(b * self.K, self.L, d), shift, scale)[1]
