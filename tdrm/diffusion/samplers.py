@@ -223,6 +223,20 @@ def top_margin(logits: torch.Tensor) -> torch.Tensor:
     return top[..., 0] - top[..., 1]
 
 
+def _round_draws(schedule: Schedule, m: int, steps: int, cells: int, window: float, eta: float,
+                 sigma_floor: float) -> bool:
+    """Whether round m of the per-cell schedule draws noise: every sample places the same number of
+    cells at the same levels (only which cells differs), so the answer depends on the schedule alone
+    and a data-parallel rank draws (for the whole batch) even when it has no rows."""
+    placed, need = cells_started(m / steps, cells, window), cells_started((m + 1) / steps, cells, window)
+    r = torch.arange(cells)[None]
+    t = cell_levels(torch.tensor([m / steps], dtype=torch.float64), torch.where(r < placed, r, -1), window, schedule.T)
+    tn = cell_levels(torch.tensor([(m + 1) / steps], dtype=torch.float64), torch.where(r < need, r, -1), window,
+                     schedule.T)
+    z = torch.zeros(1, 1, cells, 1)
+    return bool((row_step(schedule, z, z, t, tn, eta, sigma_floor)[1] > 0).any())
+
+
 def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, steps: int, window: float,
                  confidence, cond=None, eta: float = 0.0, return_path: bool = False,
                  sigma_floor: float = 0.0) -> Sample:
@@ -254,7 +268,7 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
         mean, sigma = row_step(schedule, x, x0_hat, t, t_next, eta, sigma_floor)  # sigma (B, 1, L)
         noisy = sigma > 0
         lp = None
-        if bool(noisy.any()):
+        if _round_draws(schedule, m, steps, cells, window, eta, sigma_floor):  # the same on every rank, any rows
             x_prev = mean + sigma.to(x.dtype)[..., None] * _noise(x, generator)
             if return_path:
                 lp = masked_gaussian_log_prob(x_prev, mean, sigma[..., None], noisy[..., None])

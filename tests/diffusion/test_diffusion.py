@@ -202,17 +202,20 @@ def test_denoiser_prefix_positions_are_learned_conditioning():
         Denoiser(cfg, 3, 5, 4, 7, prefix=5)
 
 
-def test_row_slice_gives_a_rank_the_rows_of_the_one_process_sample():
+@pytest.mark.parametrize("cell_window", [None, 0.3])
+def test_row_slice_gives_a_rank_the_rows_of_the_one_process_sample(cell_window):
     """A data-parallel rank's share of a batch (`RowSlice`) is sampled with exactly the noise its
     rows get when the whole batch is sampled at once, at the start and at every stochastic step;
-    an empty share (a short last batch) draws the same and calls no model."""
-    from tdrm.diffusion.samplers import RowSlice
+    an empty share (a short last batch) draws the same and calls no model. Also for a per-cell
+    model, whose order depends on each sample's own estimates."""
+    from tdrm.diffusion.samplers import RowSlice, top_margin
     from tdrm.diffusion.sampling import generate
     from tdrm.dist import World, rows
     m = _unzeroed(DenoiserConfig(hidden=16, layers=2, heads=2, self_cond=True))
+    m.cell_window = cell_window
     tokens = torch.randint(1, 5, (5, 16), generator=torch.Generator().manual_seed(0))
     sched = make_schedule("cosine", 50)
-    kw = dict(sampler="ddim", steps=4, eta=0.7)
+    kw = dict(sampler="ddim", steps=4, eta=0.7, confidence=lambda x0_hat: top_margin(x0_hat[:, -1, :, :5]))
     whole = generate(m, tokens, sched, generator=torch.Generator().manual_seed(3), **kw)
     parts = []
     for r in range(2):
