@@ -254,9 +254,9 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
     ranks = torch.full((b, cells), -1, dtype=torch.long, device=dev)  # order of start, -1 = not yet placed
     placed = 0
     x, out = x_T, Sample(x_T)
+    t = cell_levels(torch.zeros(b, dtype=torch.float64), ranks, window, schedule.T)  # (B, 1, L): all pure noise
     for m in range(steps):
-        p, p_next = m / steps, (m + 1) / steps
-        t = cell_levels(torch.full((b,), p, dtype=torch.float64), ranks, window, schedule.T)  # (B, 1, L)
+        p_next = (m + 1) / steps
         x0_hat = model(x, t, cond) if b else torch.zeros_like(x)
         need = cells_started(p_next, cells, window)
         if need > placed and b:
@@ -276,6 +276,6 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
             x_prev = mean
         if return_path:
             out.path.append(Step(t, t_next, x, x0_hat, mean, sigma, x_prev, lp))
-        x = x_prev
+        x, t = x_prev, t_next  # the next round starts at this round's levels (the ranks placed stay)
     out.x0 = x
     return out
