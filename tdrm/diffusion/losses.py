@@ -34,6 +34,18 @@ def sample_mse(x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     return (x0_hat.float() - x0.float()).square().reshape(x0.shape[0], -1).mean(-1)
 
 
+def masked_sample_mse(x0_hat: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(B,) each sample's mean squared error over its noised coordinates, for x0_hat, x0 (B, K, L, C)
+    at levels t: (B,) one level per sample, every coordinate (`sample_mse`); (B, K) per row or
+    (B, 1, L) per cell, the rows (cells) with t > 0 only (clean ones are context)."""
+    if t.dim() == 1:
+        return sample_mse(x0_hat, x0)
+    per = (x0_hat.float() - x0.float()).square()  # (B, K, L, C)
+    noisy = (t > 0)[..., None, None] if t.dim() == 2 else (t > 0)[..., None]
+    m = noisy.expand_as(per).float().reshape(x0.shape[0], -1)
+    return (per.reshape(x0.shape[0], -1) * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+
 def denoising_mse(x0_hat: torch.Tensor, x0: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean over the batch of each sample's mean squared error."""
     return (weights * sample_mse(x0_hat, x0)).mean()

@@ -111,6 +111,13 @@ def cell_levels(progress: torch.Tensor, ranks: torch.Tensor, window: float, T: i
     return torch.round(tau * T).long()[:, None]  # (B, 1, L)
 
 
+def random_ranks(b: int, cells: int, prefix: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, L) ranks of a uniformly random order of the `cells` positions per sample, the `prefix`
+    positions first (ranks 0..prefix-1 in place): what training draws for the cell-order schedule."""
+    order = torch.rand((b, cells - prefix), generator=generator).argsort(-1).argsort(-1) + prefix
+    return torch.cat([torch.arange(prefix).expand(b, -1), order], dim=1)
+
+
 def cells_started(progress: float, cells: int, window: float) -> int:
     """How many cells have started denoising by progress p (ranks 0..n-1 have start < p, or all of
     them at p >= 1)."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..diffusion.logprob import expand_sigma
+
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, clip: float = 5.0) -> torch.Tensor:
     """rewards (P, G) -> (r - mean_G) / (std_G + eps), clipped to +-clip; a constant group gets 0."""
@@ -29,10 +31,17 @@ def clipped_ratio_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torc
     return -surr.mean(), stats
 
 
-def gaussian_kl(mean: torch.Tensor, mean_ref: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_kl(mean: torch.Tensor, mean_ref: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
     """Closed-form KL(N(mean, s^2) || N(mean_ref, s^2)) per sample, as a per-dimension mean (S,):
-    ||mean - mean_ref||^2 / (2 sigma^2 D) (Flow-GRPO's form; beta multiplies it in the loss)."""
-    return (mean - mean_ref).square().flatten(1).mean(-1) / (2 * sigma ** 2)
+    ||mean - mean_ref||^2 / (2 sigma^2 D) (Flow-GRPO's form; beta multiplies it in the loss). A
+    per-row (K,) or per-cell (S, 1, L) sigma: the mean over the coordinates with sigma > 0 only
+    (the others are deterministic, not part of the density)."""
+    if not isinstance(sigma, torch.Tensor):
+        return (mean - mean_ref).square().flatten(1).mean(-1) / (2 * sigma ** 2)
+    s = expand_sigma(sigma, mean).to(mean.dtype)
+    noisy = (s > 0).expand_as(mean)
+    per = torch.where(noisy, (mean - mean_ref).square() / (2 * s.clamp_min(1e-12) ** 2), torch.zeros_like(mean))
+    return per.flatten(1).sum(-1) / noisy.flatten(1).sum(-1).clamp_min(1)
 
 
 def elbo_surrogate_loss(loss_policy: torch.Tensor, loss_ref: torch.Tensor, adv: torch.Tensor,

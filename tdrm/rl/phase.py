@@ -6,6 +6,13 @@ log-probability is exact. With self-conditioning, the x0_hat of the step before 
 step's input (recorded in the rollout, held fixed in the update); with latent self-conditioning
 (`denoiser.latent_cond`) so is the hidden state of the call before.
 
+A model trained with one noise level per trajectory row or per cell (`distill.row_noise`) is
+trained the same way: its rollouts are the per-row or per-cell chain (`samplers.sample_rows`,
+`sample_cells`), each recorded step's levels and sigma are tensors (per cell: one row per sample),
+grpo recomputes the step with `row_step` and counts only the coordinates that moved with sigma > 0,
+and the forward-process estimators re-noise a clean sample at levels of the form the model was
+trained on (`renoise_levels`), scoring the noised rows or cells only (`masked_sample_mse`).
+
 Shapes: S samples (= P puzzles x G group), R rows, L positions, C channels, N cells.
 """
 from __future__ import annotations
@@ -14,10 +21,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..diffusion.logprob import gaussian_log_prob
-from ..diffusion.losses import sample_mse
-from ..diffusion.samplers import Sample, step_mean
-from ..diffusion.schedules import Schedule, q_sample
+from ..diffusion.logprob import step_log_prob_mean
+from ..diffusion.losses import masked_sample_mse
+from ..diffusion.samplers import Sample, row_step, step_mean
+from ..diffusion.schedules import Schedule, cell_levels, q_sample, random_ranks, row_levels
 from .estimators import awm_loss, spg_loss, stratified_levels
 from .grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl
 
@@ -33,12 +40,19 @@ class Batch:
 
 
 PER_SAMPLE = ("x_t", "x0_hat", "mean", "x_prev", "log_prob", "hidden")  # a Step's fields with one row per sample
+LEVELS = ("t", "t_prev", "sigma")  # one row per sample too in a per-cell chain ((S, 1, L) tensors)
+
+
+def _fields(step) -> tuple[str, ...]:
+    """The fields of a recorded step that hold one row per sample."""
+    return PER_SAMPLE + tuple(k for k in LEVELS if isinstance(getattr(step, k), torch.Tensor)
+                              and getattr(step, k).dim() == 3)
 
 
 def subset(sample: Sample, idx: torch.Tensor) -> Sample:
     """The rows `idx` of every tensor of a sampled path."""
     take = lambda v: v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v  # noqa: E731
-    return Sample(sample.x0[idx], [replace(s, **{k: take(getattr(s, k)) for k in PER_SAMPLE}) for s in sample.path])
+    return Sample(sample.x0[idx], [replace(s, **{k: take(getattr(s, k)) for k in _fields(s)}) for s in sample.path])
 
 
 def concat(batches: list[Batch]) -> Batch:
@@ -47,7 +61,7 @@ def concat(batches: list[Batch]) -> Batch:
         return batches[0]
     first = batches[0]
     cat = lambda vs: None if vs[0] is None else torch.cat(vs)  # noqa: E731
-    path = [replace(st, **{k: cat([getattr(b.sample.path[i], k) for b in batches]) for k in PER_SAMPLE})
+    path = [replace(st, **{k: cat([getattr(b.sample.path[i], k) for b in batches]) for k in _fields(st)})
             for i, st in enumerate(first.sample.path)]
     return Batch(torch.cat([b.puzzle for b in batches]), Sample(torch.cat([b.sample.x0 for b in batches]), path),
                  torch.cat([b.adv for b in batches]), first.self_cond)
@@ -66,13 +80,44 @@ def _inputs(model, batch: Batch, i: int) -> tuple:
 
 
 def step_log_prob(model, batch: Batch, i: int, schedule: Schedule, eta: float, sigma_floor: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(per-dimension mean log-prob (S,), mean, sigma) of the recorded step i under `model`."""
+                  ) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
+    """(per-dimension mean log-prob (S,), mean, sigma) of the recorded step i under `model`. A
+    per-row step (levels (K,)) or per-cell step (levels (S, 1, L)) is recomputed with `row_step`;
+    its sigma is a tensor and its log-prob counts the coordinates that moved with sigma > 0."""
     st = batch.sample.path[i]
-    t = torch.full((st.x_t.shape[0],), st.t, dtype=torch.long, device=st.x_t.device)
-    x0_hat = model(st.x_t, t, batch.puzzle, *_inputs(model, batch, i))
-    mean, sigma = step_mean(schedule, st.x_t, x0_hat, st.t, st.t_prev, eta, sigma_floor)
-    return gaussian_log_prob(st.x_prev, mean, sigma, reduce="mean"), mean, sigma
+    s = st.x_t.shape[0]
+    if not isinstance(st.t, torch.Tensor):  # one shared level
+        t = torch.full((s,), st.t, dtype=torch.long, device=st.x_t.device)
+        x0_hat = model(st.x_t, t, batch.puzzle, *_inputs(model, batch, i))
+        mean, sigma = step_mean(schedule, st.x_t, x0_hat, st.t, st.t_prev, eta, sigma_floor)
+    else:
+        t = st.t if st.t.dim() == 3 else st.t.expand(s, -1)  # per cell (S, 1, L); per row (K,) -> (S, K)
+        x0_hat = model(st.x_t, t, batch.puzzle, *_inputs(model, batch, i))
+        mean, sigma = row_step(schedule, st.x_t, x0_hat, st.t, st.t_prev, eta, sigma_floor)
+    return step_log_prob_mean(st.x_prev, mean, sigma), mean, sigma
+
+
+def stochastic(step) -> bool:
+    """Whether a recorded step drew noise (some coordinate with sigma > 0)."""
+    return bool((step.sigma > 0).any()) if isinstance(step.sigma, torch.Tensor) else step.sigma > 0
+
+
+def renoise_levels(model, schedule: Schedule, t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Shared integer levels t (S, ...) in 1..T -> the levels `model` was trained on, at the same
+    overall progress p = 1 - t / T: t itself for a shared-level model; per row (S, ..., K) on its
+    rolling schedule (`row_levels`, lag `model.row_lag`); per cell (S, ..., 1, L) on the cell-order
+    schedule (`cell_levels`, window `model.cell_window`) of a fresh random order of the cells per
+    level (prefix positions first), as distillation draws them. With lag 0 or a window of 1 every
+    row (cell) gets t itself."""
+    lag, window = getattr(model, "row_lag", None), getattr(model, "cell_window", None)
+    if lag is None and window is None:
+        return t
+    p = 1.0 - t.double() / schedule.T
+    if lag is not None:
+        return row_levels(p, model.K, lag, schedule.T).to(t.device)
+    flat = p.reshape(-1).cpu()
+    ranks = random_ranks(flat.shape[0], model.L, model.P, generator)  # (S..., L)
+    return cell_levels(flat, ranks, window, schedule.T).reshape(*t.shape, 1, model.L).to(t.device)
 
 
 def grpo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator,
@@ -82,14 +127,14 @@ def grpo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generato
     KL to the reference's step. Keeps all of GRPO: group-relative std-normalised advantages, the
     ratio and its clip, the KL penalty (per step, exact for Gaussians instead of the k3 estimate).
     `cfg` is the RL config; runs `cfg.inner_epochs` optimizer steps and returns their statistics."""
-    stochastic = [i for i, s in enumerate(batch.sample.path) if s.sigma > 0]
-    if not stochastic:
+    noisy = [i for i, s in enumerate(batch.sample.path) if stochastic(s)]
+    if not noisy:
         raise ValueError("the rollouts have no stochastic step: use rl.eta > 0 or rl.sigma_floor > 0")
-    k = max(1, round(cfg.train_step_fraction * len(stochastic)))
-    chosen = [stochastic[j] for j in torch.randperm(len(stochastic), generator=generator)[:k].tolist()]
+    k = max(1, round(cfg.train_step_fraction * len(noisy)))
+    chosen = [noisy[j] for j in torch.randperm(len(noisy), generator=generator)[:k].tolist()]
     with torch.no_grad():
-        old = {i: gaussian_log_prob(batch.sample.path[i].x_prev, batch.sample.path[i].mean,
-                                    batch.sample.path[i].sigma, reduce="mean") for i in chosen}
+        old = {i: step_log_prob_mean(batch.sample.path[i].x_prev, batch.sample.path[i].mean,
+                                     batch.sample.path[i].sigma) for i in chosen}
         ref_mean = {i: step_log_prob(ref, batch, i, schedule, cfg.eta, cfg.sigma_floor)[1] for i in chosen}
     stats = []
     for epoch in range(cfg.inner_epochs):
@@ -121,9 +166,10 @@ def elbo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generato
     x0 = batch.sample.x0  # (S, R, L, C)
     s = x0.shape[0]
     t = torch.randint(1, schedule.T + 1, (s,), generator=generator).to(x0.device)
+    t = renoise_levels(model, schedule, t, generator)  # (S,), per row (S, K), per cell (S, 1, L)
     eps = torch.randn(x0.shape, generator=generator).to(x0.device)
     x_t = q_sample(x0, t, schedule, eps)
-    per = lambda m: sample_mse(m(x_t, t, batch.puzzle, None), x0)  # noqa: E731  (S,)
+    per = lambda m: masked_sample_mse(m(x_t, t, batch.puzzle, None), x0, t)  # noqa: E731  (S,)
     with torch.no_grad():
         loss_ref = per(ref)
     stats = []
@@ -151,6 +197,7 @@ def awm_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
     s, m = x0.shape[0], cfg.awm_levels
     hi = max(1, round(cfg.awm_max_level * schedule.T))
     t = stratified_levels(s, m, 1, hi, generator).to(x0.device)  # (S, M)
+    t = renoise_levels(model, schedule, t, generator)  # (S, M), per row (S, M, K), per cell (S, M, 1, L)
     eps = torch.randn((m, *x0.shape), generator=generator).to(x0.device)
     x_t = [q_sample(x0, t[:, j], schedule, eps[j]) for j in range(m)]
     with torch.no_grad():
@@ -161,7 +208,7 @@ def awm_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
         err, anchor, total = [], [], 0.0
         for j in range(m):  # one level at a time: the graph of one (S, R, L, C) batch in memory
             x0_hat = model(x_t[j], t[:, j], batch.puzzle, None)
-            e, a = sample_mse(x0_hat, x0), sample_mse(x0_hat, ref_hat[j])  # (S,) each
+            e, a = masked_sample_mse(x0_hat, x0, t[:, j]), masked_sample_mse(x0_hat, ref_hat[j], t[:, j])  # (S,) each
             loss = awm_loss(e[:, None], batch.adv, a[:, None], cfg.anchor_beta) / m
             loss.backward()
             err.append(e.detach())
@@ -187,6 +234,7 @@ def spg_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
     s, m = x0.shape[0], cfg.awm_levels
     hi = max(1, round(cfg.awm_max_level * schedule.T))
     t = stratified_levels(s, m, 1, hi, generator).to(x0.device)  # (S, M)
+    t = renoise_levels(model, schedule, t, generator)  # (S, M), per row (S, M, K), per cell (S, M, 1, L)
     eps = torch.randn((m, *x0.shape), generator=generator).to(x0.device)
     x_t = torch.stack([q_sample(x0, t[:, j], schedule, eps[j]) for j in range(m)], 1)  # (S, M, R, L, C)
     chunk = max(1, s // m)
@@ -196,12 +244,12 @@ def spg_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
         """(err (s', M), anchor (s', M)) of samples `sl` at all their levels under `net`."""
         n = sl.stop - sl.start
         xt = x_t[sl].flatten(0, 1)  # (s' M, R, L, C)
-        tt = t[sl].flatten()
+        tt = t[sl].flatten(0, 1)  # (s' M,), per row (s' M, K), per cell (s' M, 1, L)
         pz = batch.puzzle[sl].repeat_interleave(m, 0)
         x0_hat = net(xt, tt, pz, None)
         x0r = x0[sl].repeat_interleave(m, 0)
-        err = sample_mse(x0_hat, x0r).view(n, m)
-        anchor = sample_mse(x0_hat, target_ref).view(n, m) if target_ref is not None else None
+        err = masked_sample_mse(x0_hat, x0r, tt).view(n, m)
+        anchor = masked_sample_mse(x0_hat, target_ref, tt).view(n, m) if target_ref is not None else None
         return err, anchor, x0_hat
 
     with torch.no_grad():
@@ -239,14 +287,15 @@ def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
     stats = []
     for epoch in range(cfg.inner_epochs):
         t = torch.randint(1, schedule.T + 1, (s,), generator=generator).to(x0.device)
+        t = renoise_levels(model, schedule, t, generator)  # (S,), per row (S, K), per cell (S, 1, L)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = q_sample(x0, t, schedule, eps)
         with torch.no_grad():
             ref_hat = ref(x_t, t, batch.puzzle, None) if cfg.anchor_beta else None
         opt.zero_grad(set_to_none=True)
         x0_hat = model(x_t, t, batch.puzzle, None)
-        err = sample_mse(x0_hat, x0)  # (S,)
-        anchor = sample_mse(x0_hat, ref_hat) if ref_hat is not None else torch.zeros_like(err)
+        err = masked_sample_mse(x0_hat, x0, t)  # (S,)
+        anchor = masked_sample_mse(x0_hat, ref_hat, t) if ref_hat is not None else torch.zeros_like(err)
         loss = awm_loss(err[:, None], batch.adv, anchor[:, None], cfg.anchor_beta)
         loss.backward()
         stats.append({"policy_loss": float(loss.detach()), "denoise_loss": float(err.detach().mean()),

@@ -133,10 +133,11 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
     local = per_rank_batch(cfg.puzzles, world, "rl.puzzles")  # this rank's puzzles per rollout batch
     device = device if device is not None else resolve_device(params.common.device)
     model, codec, schedule, ck = load_tdrm(tdrm_path, device)
-    if getattr(model, "row_lag", None) is not None or getattr(model, "cell_window", None) is not None:
-        raise ValueError(f"RL trains the shared-level DDIM chain; {tdrm_path} was trained with one noise level per "
-                         f"row or per cell (distill.row_noise: {ck['config']['distill']['row_noise']}), whose "
-                         "rollouts the estimators do not handle yet")
+    if cfg.sde_window is not None and (getattr(model, "row_lag", None) is not None
+                                       or getattr(model, "cell_window", None) is not None):
+        raise ValueError(f"rl.sde_window is a window of the shared-level DDIM chain; {tdrm_path} was trained with one "
+                         f"noise level per row or per cell (distill.row_noise: "
+                         f"{ck['config']['distill']['row_noise']}): set rl.sde_window: null")
     for p in codec.teacher.parameters():
         p.requires_grad_(False)
     ref = copy.deepcopy(model).eval()

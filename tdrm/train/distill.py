@@ -34,7 +34,7 @@ from ..dist import SINGLE, World, all_gather_objects, all_mean, barrier, loss_sc
 from ..diffusion.losses import distillation_loss
 from ..diffusion.samplers import row_step
 from ..diffusion.sampling import generate
-from ..diffusion.schedules import cell_levels, make_schedule, q_sample, row_levels
+from ..diffusion.schedules import cell_levels, make_schedule, q_sample, random_ranks, row_levels
 from ..diffusion.trajectory import Codec, Layout
 from ..traces.tensors import fit_standardizer, state_tensor
 from ..models.denoiser import build_denoiser
@@ -88,8 +88,7 @@ def draw_levels(cfg, b: int, k: int, gen: torch.Generator, cells: int = 0,
     T, dt = cfg.T, 1.0 / cfg.sample_steps
     if cfg.row_noise == "cells":
         p = torch.rand((b,), generator=gen, dtype=torch.float64)
-        order = torch.rand((b, cells - prefix), generator=gen).argsort(-1).argsort(-1) + prefix  # ranks of the cells
-        ranks = torch.cat([torch.arange(prefix).expand(b, -1), order], dim=1)  # (B, L)
+        ranks = random_ranks(b, cells, prefix, gen)  # (B, L)
         return (cell_levels(p, ranks, cfg.cell_window, T),
                 cell_levels((p - dt).clamp(min=0.0), ranks, cfg.cell_window, T))
     if cfg.row_noise == "shared":

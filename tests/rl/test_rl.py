@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from tdrm.data.board import SHAPES, parse, to_tokens
-from tdrm.diffusion.logprob import gaussian_log_prob
+from tdrm.diffusion.logprob import expand_sigma, gaussian_log_prob, step_log_prob_mean
 from tdrm.diffusion.samplers import Sample
 from tdrm.diffusion.schedules import make_schedule
 from tdrm.rl.grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl, group_advantages
 from tdrm.rl.estimators import awm_advantages, spg_advantages
-from tdrm.rl.phase import Batch, UPDATES, grpo_update, step_log_prob, subset
+from tdrm.rl.phase import Batch, UPDATES, concat, grpo_update, renoise_levels, step_log_prob, stochastic, subset
 from tdrm.data.board import constraints, valid_boards as solved
 from tdrm.rl.reward import reward
 from tdrm.diffusion.sampling import generate
@@ -72,6 +72,77 @@ def test_gaussian_kl_closed_form_and_zero_at_reference():
     want = torch.distributions.kl_divergence(torch.distributions.Normal(m.double(), 0.3),
                                              torch.distributions.Normal(ref.double(), 0.3)).flatten(1).mean(-1)
     assert torch.allclose(gaussian_kl(m, ref, 0.3).double(), want)
+
+
+def test_per_cell_step_log_prob_and_kl_count_only_the_moving_coordinates():
+    """A per-cell step's sigma (B, 1, L) is 0 on cells that do not move: the per-dimension mean
+    log-prob and the KL are torch.distributions.Normal's over the other coordinates only."""
+    g = torch.Generator().manual_seed(0)
+    x, mean, ref = (torch.randn(2, 3, 4, 5, generator=g) for _ in range(3))
+    sigma = torch.tensor([[[0.3, 0.0, 0.5, 0.0]], [[0.0, 0.0, 0.2, 0.0]]], dtype=torch.float64)  # (B, 1, L)
+    lp, kl = step_log_prob_mean(x, mean, sigma), gaussian_kl(mean, ref, sigma)
+    for b in range(2):
+        cells = sigma[b, 0].nonzero().squeeze(-1)
+        sd = sigma[b, 0, cells][None, :, None].expand(3, -1, 5)
+        want = torch.distributions.Normal(mean[b][:, cells].double(), sd).log_prob(x[b][:, cells].double())
+        assert torch.allclose(lp[b], want.mean(), rtol=0, atol=1e-9)
+        want_kl = torch.distributions.kl_divergence(torch.distributions.Normal(mean[b][:, cells].double(), sd),
+                                                    torch.distributions.Normal(ref[b][:, cells].double(), sd))
+        assert torch.allclose(kl[b].double(), want_kl.mean(), rtol=1e-5)
+    per_row = torch.tensor([0.4, 0.0, 0.1], dtype=torch.float64)  # (K,): row 1 does not move
+    keep = torch.tensor([0, 2])
+    want = torch.distributions.Normal(mean[:, keep].double(), per_row[keep].view(1, -1, 1, 1)
+                                      ).log_prob(x[:, keep].double()).flatten(1).mean(-1)
+    assert torch.allclose(step_log_prob_mean(x, mean, per_row), want, rtol=0, atol=1e-9)
+    assert torch.equal(step_log_prob_mean(x, mean, 0.3), gaussian_log_prob(x, mean, 0.3, reduce="mean"))
+
+
+def test_renoise_levels_take_the_form_the_model_was_trained_on():
+    """Shared levels t (S, M) -> per row on the rolling schedule, per cell on a random cell order
+    (prefix first) at the same progress 1 - t / T; lag 0 or window 1 give t on every row or cell."""
+    from tdrm.diffusion.losses import masked_sample_mse
+    from tdrm.diffusion.schedules import cell_levels, row_levels
+    sched = make_schedule("cosine", 40)
+    t = torch.tensor([[1, 20, 40], [5, 30, 39]])
+    g = torch.Generator().manual_seed(0)
+    shared = SimpleNamespace()
+    assert renoise_levels(shared, sched, t, g) is t
+    rows = SimpleNamespace(row_lag=0.5, K=4)
+    want = row_levels(1 - t.double() / 40, 4, 0.5, 40)
+    assert torch.equal(renoise_levels(rows, sched, t, g), want) and want.shape == (2, 3, 4)
+    assert torch.equal(renoise_levels(SimpleNamespace(row_lag=0.0, K=4), sched, t, g), t[..., None].expand(-1, -1, 4))
+    one = SimpleNamespace(cell_window=1.0, L=6, P=1)
+    assert torch.equal(renoise_levels(one, sched, t, g), t[..., None, None].expand(-1, -1, 1, 6))
+    cells = SimpleNamespace(cell_window=0.25, L=6, P=1)
+    a = renoise_levels(cells, sched, t, torch.Generator().manual_seed(1))
+    assert a.shape == (2, 3, 1, 6) and torch.equal(a, renoise_levels(cells, sched, t, torch.Generator().manual_seed(1)))
+    assert bool((a[..., 0, 0] <= a[..., 0, 1:].min(-1).values).all())  # the prefix position starts first
+    in_order = cell_levels(1 - t.reshape(-1).double() / 40, torch.arange(6).expand(6, -1), 0.25, 40).view(2, 3, 6)
+    assert torch.equal(a[..., 0, :].sort(-1).values, in_order.sort(-1).values)  # the schedule's levels, permuted
+    assert any(not torch.equal(a[0, 1, 0, 1:], a[1, 1, 0, 1:].roll(k)) for k in range(5))  # orders differ
+    x0, hat = torch.zeros(2, 4, 6, 3), torch.ones(2, 4, 6, 3)
+    hat[:, :, 2] = 5.0  # a wrong cell that is clean context: not scored
+    lv = torch.tensor([[[3, 3, 0, 0, 0, 0]], [[0, 0, 0, 0, 0, 0]]])
+    assert masked_sample_mse(hat, x0, lv).tolist() == [1.0, 0.0]
+
+
+def test_subset_and_concat_keep_the_per_cell_levels_of_each_sample():
+    from tdrm.config import Denoiser as DenoiserConfig
+    from tdrm.models.denoiser import Denoiser
+    model = Denoiser(DenoiserConfig(hidden=16, layers=2, heads=2), 2, 5, 3, 7, cell_window=0.4)
+    puzzle = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(1))
+    scores = torch.rand(4, 5, generator=torch.Generator().manual_seed(3))
+    s = generate(model, puzzle, make_schedule("cosine", 30), sampler="ddim", steps=4, eta=1.0,
+                 generator=torch.Generator().manual_seed(2), return_path=True,
+                 confidence=lambda x: scores)  # a fixed, different order for each sample
+    assert any(not torch.equal(st.t[1], st.t[3]) for st in s.path)  # the samples' cell orders differ
+    idx = torch.tensor([3, 1])
+    sub = subset(s, idx)
+    for a, b in zip(sub.path, s.path):
+        assert a.t.shape == (2, 1, 5) and torch.equal(a.t, b.t[idx]) and torch.equal(a.sigma, b.sigma[idx])
+        assert torch.equal(a.t_prev, b.t_prev[idx]) and torch.equal(a.x_t, b.x_t[idx])
+    both = concat([Batch(puzzle[idx], sub, torch.ones(2), False), Batch(puzzle, s, torch.ones(4), False)])
+    assert all(st.t.shape == (6, 1, 5) and torch.equal(st.t[2:], b.t) for st, b in zip(both.sample.path, s.path))
 
 
 def test_elbo_surrogate_signs_and_trust_cap():
@@ -139,15 +210,83 @@ def test_one_rl_phase_on_a_toy_problem_raises_the_mean_reward(estimator):
     assert _toy_phase(estimator) == a  # seeded
 
 
+class ToyLevels(torch.nn.Module):
+    """Toy's exact denoiser with one noise level per trajectory row (3 rows of one cell) or per cell
+    (one row of 3 cells): every (row, cell) is independent data N(point, s^2 I), so the per-row or
+    per-cell exact denoiser is Toy's formula at each row's (cell's) own level."""
+
+    cfg = SimpleNamespace(self_cond=False)
+    P = 0
+
+    def __init__(self, schedule, kind: str, s=0.5):
+        super().__init__()
+        self.K, self.L, self.C = (3, 1, 2) if kind == "rows" else (1, 3, 2)
+        self.row_lag, self.cell_window = (0.5, None) if kind == "rows" else (None, 0.5)
+        self.point = torch.nn.Parameter(torch.zeros(self.K, self.L, self.C))
+        self.ab, self.s2 = schedule.alpha_bar.float(), s * s
+
+    def forward(self, x_t, t, puzzle, prev=None):
+        want = (x_t.shape[0], self.K) if self.row_lag is not None else (x_t.shape[0], 1, self.L)
+        assert tuple(t.shape) == want, (tuple(t.shape), want)  # the model's own form of levels, never shared
+        ab = self.ab[t][..., None, None] if t.dim() == 2 else self.ab[t][..., None]
+        gain = ab.sqrt() * self.s2 / (ab * self.s2 + 1 - ab)
+        return self.point + gain * (x_t - ab.sqrt() * self.point)
+
+
+TARGET = torch.tensor([[1.0, -1.0], [0.5, 0.5], [-1.0, 0.0]])  # one target point per row (cell)
+
+
+def _toy_levels_phase(estimator, kind, phases=15, seed=0):
+    torch.manual_seed(0)
+    sched = make_schedule("cosine", 20)
+    model, ref = ToyLevels(sched, kind), ToyLevels(sched, kind).requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    cfg = SimpleNamespace(clip=0.2, beta=0.0, eta=1.0, sigma_floor=0.0, inner_epochs=2, train_step_fraction=1.0,
+                          grad_clip=0.0, elbo_negative_weight=0.5, elbo_trust=0.5, awm_levels=3, awm_max_level=0.9,
+                          anchor_beta=0.02, spg_beta=1.0, spg_mix=0.5)
+    gen = torch.Generator().manual_seed(seed)
+    means = []
+    for _ in range(phases):
+        puzzle = torch.zeros(32, 3, dtype=torch.long)  # 4 groups of 8
+        s = generate(model, puzzle, sched, sampler="ddim", steps=5, eta=1.0, generator=gen, return_path=True,
+                     confidence=lambda x: -x[:, 0].square().sum(-1))
+        r = -(s.x0.reshape(32, 3, 2) - TARGET).square().sum((-1, -2))
+        means.append(r.mean().item())
+        if estimator == "rft":
+            keep = (r.view(4, 8) >= r.view(4, 8).quantile(0.75, dim=-1, keepdim=True)).reshape(-1)
+            batch = Batch(puzzle[keep], subset(s, keep.nonzero().squeeze(-1)), torch.ones(int(keep.sum())), False)
+        else:
+            adv = {"awm": awm_advantages, "spg": spg_advantages}.get(estimator, group_advantages)(r.view(4, 8)).reshape(-1)
+            batch = Batch(puzzle, s, adv, False)
+        UPDATES[estimator](model, ref, opt, batch, sched, cfg, gen)
+    return means, model.point.detach().reshape(3, 2)
+
+
+@pytest.mark.parametrize("kind", ["rows", "cells"])
+@pytest.mark.parametrize("estimator", ["grpo", "elbo", "awm", "spg", "rft"])
+def test_rl_on_per_row_and_per_cell_chains_raises_the_reward_on_a_toy_problem(estimator, kind):
+    """Every estimator trains a model with one noise level per row or per cell on its own chain
+    (`sample_rows` / `sample_cells`): the mean reward rises (it starts near -3.5: every point at 0)."""
+    a, point = _toy_levels_phase(estimator, kind)
+    assert np.mean(a[-3:]) > np.mean(a[:3]) + 1.0, a
+    assert (point - TARGET).norm() < TARGET.norm()  # the points moved toward their targets
+    assert _toy_levels_phase(estimator, kind)[0] == a  # seeded
+
+
+LEVELS = {"shared": {}, "rows": {"row_lag": 0.5}, "cells": {"cell_window": 0.4}}
+
+
+@pytest.mark.parametrize("levels", list(LEVELS))
 @pytest.mark.parametrize("latent", [False, True], ids=["self_cond", "latent_cond"])
-def test_update_starts_at_ratio_one_and_zero_kl_to_itself(latent):
+def test_update_starts_at_ratio_one_and_zero_kl_to_itself(latent, levels):
     """The recorded rollout's step log-probs are recomputed exactly: the step's input includes the
-    previous estimate and, for latent_cond, the previous call's hidden state (recorded in the path)."""
+    previous estimate and, for latent_cond, the previous call's hidden state (recorded in the path);
+    a per-row or per-cell chain's steps are recomputed at their recorded levels."""
     from tdrm.config import Denoiser as DenoiserConfig
     from tdrm.models.denoiser import Denoiser
     cfg = DenoiserConfig(hidden=16, layers=2, heads=2, self_cond=True, latent_cond=latent)
-    model = Denoiser(cfg, 2, 5, 3, 7)
-    ref = Denoiser(cfg, 2, 5, 3, 7).requires_grad_(False)
+    model = Denoiser(cfg, 2, 5, 3, 7, **LEVELS[levels])
+    ref = Denoiser(cfg, 2, 5, 3, 7, **LEVELS[levels]).requires_grad_(False)
     with torch.no_grad():  # leave adaLN-Zero's start so the step means depend on the weights
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -155,17 +294,26 @@ def test_update_starts_at_ratio_one_and_zero_kl_to_itself(latent):
     sched = make_schedule("cosine", 30)
     puzzle = torch.randint(0, 7, (6, 5), generator=torch.Generator().manual_seed(1))
     s = generate(model, puzzle, sched, sampler="ddim", steps=4, eta=1.0, generator=torch.Generator().manual_seed(2),
-                 return_path=True)
+                 return_path=True, confidence=lambda x: x[:, -1].sum(-1))
     assert all((st.hidden is not None) == latent for st in s.path)
     batch = Batch(puzzle, s, torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0]), True)
     if latent:  # without the recorded hidden state the step would not be the one sampled
         lost = Batch(puzzle, Sample(s.x0, [replace(st, hidden=None) for st in s.path]), batch.adv, True)
-        assert not torch.allclose(step_log_prob(model, lost, 2, sched, 1.0, 0.0)[0],
-                                  gaussian_log_prob(s.path[2].x_prev, s.path[2].mean, s.path[2].sigma, reduce="mean"))
-    for i, st in enumerate(s.path[:-1]):  # the last step is deterministic
+        assert not torch.allclose(step_log_prob(model, lost, 1, sched, 1.0, 0.0)[0],
+                                  step_log_prob_mean(s.path[1].x_prev, s.path[1].mean, s.path[1].sigma))
+    noisy = [i for i, st in enumerate(s.path) if stochastic(st)]
+    assert len(noisy) >= 2 and noisy[0] == 0
+    for i in noisy:
+        st = s.path[i]
         lp, _, sigma = step_log_prob(model, batch, i, sched, 1.0, 0.0)
-        old = gaussian_log_prob(st.x_prev, st.mean, st.sigma, reduce="mean")
-        assert sigma == st.sigma and torch.allclose(lp, old, rtol=0, atol=1e-9)
+        old = step_log_prob_mean(st.x_prev, st.mean, st.sigma)
+        if levels == "shared":
+            assert sigma == st.sigma and torch.allclose(old, gaussian_log_prob(st.x_prev, st.mean, st.sigma) / 30)
+        else:  # the recorded sum over the moving coordinates, per coordinate
+            assert torch.equal(sigma, st.sigma)
+            count = (expand_sigma(st.sigma, st.x_prev) > 0).expand_as(st.x_prev).flatten(1).sum(-1)
+            assert torch.allclose(old * count, st.log_prob, rtol=0, atol=1e-9)
+        assert torch.allclose(lp, old, rtol=0, atol=1e-9)
     cfg = SimpleNamespace(clip=1e-3, beta=0.02, eta=1.0, sigma_floor=0.0, inner_epochs=1, train_step_fraction=1.0,
                           grad_clip=1.0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

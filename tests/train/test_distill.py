@@ -150,7 +150,8 @@ def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, 
     from tdrm.data.dataset import load_split
     from tdrm.eval.tdrm import evaluate_tdrm
     p, d, teacher = setup
-    p = tiny_params({"distill": {**DISTILL, "steps": 60, "eval_every": 60, **arm}})
+    over = {"distill": {**DISTILL, "steps": 60, "eval_every": 60, **arm}}
+    p = tiny_params(over)
     tr = MemoryTracker()
     train_distill(p, d / "tr", teacher, tmp_path / "tdrm.pt", tracker=tr, progress=False, log_every=20)
     mse = [v for _, v in tr.scalars["distill.mse"]]
@@ -163,10 +164,19 @@ def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, 
     assert model.cfg.latent_cond == arm.get("denoiser", {}).get("latent_cond", False)
     res = evaluate_tdrm(model, codec, sched, load_split(d, "val"), sampler="ddim", steps=6, eta=0.0, samples=1, seed=0)
     assert res["n"] == 30 and len(res["per_step_exact_accuracy_first_sample"]) == teacher.cfg.n_sup
-    if arm.get("row_noise", "shared") != "shared":  # RL's estimators take the shared-level chain only
+    if arm.get("row_noise", "shared") != "shared":  # RL on the per-row / per-cell chain, its own form of levels
         from tdrm.rl.train import train_rl
-        with pytest.raises(ValueError, match="shared-level DDIM chain"):
-            train_rl(p, tmp_path / "tdrm.pt", d, tmp_path / "rl.pt", progress=False)
+        est = "grpo" if arm["row_noise"] == "cells" else "awm"
+        rl = {"steps": 2, "eval_every": 2, "estimator": est, "puzzles": 4, "group_size": 4}
+        with pytest.raises(ValueError, match="rl.sde_window"):
+            train_rl(tiny_params({**over, "rl": {**rl, "sde_window": [0, 1]}}), tmp_path / "tdrm.pt", d,
+                     tmp_path / "x.pt", progress=False)
+        res = train_rl(tiny_params({**over, "rl": rl}), tmp_path / "tdrm.pt", d, tmp_path / "rl.pt",
+                       progress=False)
+        assert res["steps"] == 2 and "val_exact" in res["history"][-1]
+        trained = load_tdrm(tmp_path / "rl.pt")[0]
+        assert (trained.row_lag, trained.cell_window) == (model.row_lag, model.cell_window)
+        assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), model.state_dict().values()))
 
 
 def test_error_correcting_batches_are_built_from_detached_predictions(setup, monkeypatch):
