@@ -17,6 +17,7 @@ ARC_SPLIT = 5  # tdrm.tasks.arc.dataset: the shuffle of tasks into train / dev /
 ARC_AUGMENT = 6  # tdrm.tasks.arc.dataset: task i's augmentations, keys (i,)
 ARC_TRANSLATE = 7  # tdrm.tasks.arc.dataset: the training rows' canvas offsets
 ARC_TEACHER = 8  # tdrm.tasks.arc.teacher_data: the teacher's order of ARC training rows
+ARC_TRACES = 9  # tdrm.tasks.arc.traces: which training rows become the val traces
 
 VALIDATION_SAMPLING = 1  # torch generator seed offset of in-training validation sampling (seed + 1)
 RL_RANK_SEED = 1_000_003  # tdrm.rl.train: data-parallel rank r's rollout generator is seeded seed + r x this

@@ -125,10 +125,14 @@ class DenoiserBlock(nn.Module):
 
 class Denoiser(nn.Module):
     def __init__(self, cfg: DenoiserConfig, steps: int, cells: int, channels: int, vocab: int, prefix: int = 0,
-                 row_lag: float | None = None, cell_window: float | None = None):
+                 row_lag: float | None = None, cell_window: float | None = None,
+                 puzzle_table: torch.Tensor | None = None):
         """`row_lag`: None when trained with one noise level per sample; else the model takes one
         level per row and is sampled with the rolling schedule of that lag (`samplers.sample_rows`).
-        `cell_window`: not None when trained with one level per cell (`samplers.sample_cells`)."""
+        `cell_window`: not None when trained with one level per cell (`samplers.sample_cells`).
+        `puzzle_table` (I, D_teacher): a teacher's puzzle embeddings (ARC: one per task and
+        augmentation), kept frozen; the puzzle input is then (B, N + 1), the last column each row's
+        puzzle id, whose embedding (through a learned linear map) joins the clean puzzle row."""
         super().__init__()
         if row_lag is not None and cell_window is not None:
             raise ValueError("a denoiser takes one level per row (row_lag) or per cell (cell_window), not both")
@@ -163,24 +167,37 @@ class Denoiser(nn.Module):
         if cfg.latent_cond:  # made last, so every other weight's init is the model's without it
             self.latent = nn.Sequential(nn.LayerNorm(d), Linear(d, d, g))
             nn.init.zeros_(self.latent[1].weight)
+        self.ids = None  # after every other weight, for the same reason
+        if puzzle_table is not None:
+            self.register_buffer("puzzle_table", puzzle_table.detach().clone().float())  # (I, D_teacher), frozen
+            self.ids = Linear(puzzle_table.shape[1], d, g)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, puzzle: torch.Tensor,
                 x0_prev: torch.Tensor | None = None, h_prev: torch.Tensor | None = None, *,
                 return_hidden: bool = False):
         """x_t (B, K, L, C), t (B,) steps or (B, K) one step per row (the clean puzzle row at 0),
-        puzzle tokens (B, N) -> x0_hat (B, K, L, C); with `return_hidden`, (x0_hat, h) with h the
+        puzzle tokens (B, N) (with a `puzzle_table`: (B, N + 1), the puzzle id last) -> x0_hat (B, K, L, C); with `return_hidden`, (x0_hat, h) with h the
         last hidden state (B, K+1, L, D), what `latent_cond` reads back as `h_prev` in the next call."""
         b = x_t.shape[0]
         if x_t.shape[1:] != (self.K, self.L, self.C):
             raise ValueError(f"expected trajectories (B, {self.K}, {self.L}, {self.C}), got {tuple(x_t.shape)}")
-        if puzzle.shape != (b, self.L - self.P):
-            raise ValueError(f"expected puzzle tokens ({b}, {self.L - self.P}), got {tuple(puzzle.shape)}")
+        n = self.L - self.P + (self.ids is not None)  # the tokens (and the puzzle id)
+        if puzzle.shape != (b, n):
+            raise ValueError(f"expected puzzle tokens ({b}, {n}){' with the puzzle id last' if self.ids is not None else ''}, "
+                             f"got {tuple(puzzle.shape)}")
+        ids = None
+        if self.ids is not None:
+            puzzle, ids = puzzle[:, :-1], puzzle[:, -1]
+            if bool(((ids < 0) | (ids >= self.puzzle_table.shape[0])).any()):
+                raise ValueError(f"puzzle ids must be in 0..{self.puzzle_table.shape[0] - 1}")
         if self.cfg.self_cond:
             x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], dim=-1)
         h = self.inp(x_t)  # (B, K, L, D)
         cond = F.embedding(puzzle, self.puzzle)  # (B, N, D)
         if self.prefix is not None:
             cond = torch.cat([self.prefix.expand(b, -1, -1), cond], dim=1)
+        if ids is not None:  # the puzzle's embedding, at every position of the puzzle row
+            cond = cond + self.ids(self.puzzle_table[ids])[:, None]
         cond = cond[:, None]  # (B, 1, L, D): the clean puzzle row, also added to every step
         h = torch.cat([cond, h + cond], dim=1) + self.step_pos[None, :, None] + self.cell_pos[None, None]
         d = self.cfg.hidden
@@ -235,11 +252,14 @@ def build_denoiser(cfg, steps: int, cells: int, channels: int, vocab: int, prefi
     arch move takes the teacher's configuration (and weights, for init teacher), the standardiser
     and the schedule."""
     dc = cfg.denoiser
+    table = teacher.puzzle_emb if getattr(teacher.cfg, "puzzles", 1) > 1 else None  # ARC: one per puzzle id
     if dc.arch == "dit":
         return Denoiser(dc, steps, cells, channels, vocab, prefix=prefix, row_lag=row_lag_of(cfg),
-                        cell_window=cell_window_of(cfg))
+                        cell_window=cell_window_of(cfg), puzzle_table=table)
     if dc.arch != "move":
         raise ValueError(f"denoiser arch must be dit or move, got {dc.arch!r}")
+    if table is not None:
+        raise ValueError("denoiser arch move takes no puzzle ids (a teacher with model.puzzles > 1): use arch dit")
     if dc.latent_cond:
         raise ValueError("denoiser latent_cond is a dit option (arch move carries the teacher's state instead): "
                          "set distill.denoiser.latent_cond: false with arch move")

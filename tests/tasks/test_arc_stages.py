@@ -1,7 +1,9 @@
 """ARC through the pipeline's stages (issue 16, the task seam): `data.task: arc` makes the data stage
 build an ARC set, the teacher stage trains on whatever task its data directory holds, the Sudoku-only
-stages refuse ARC data by name, and `bench arc --teacher` sets a teacher beside the trivial baseline
-on the same held-out tasks, paired."""
+chain goes on through traces, distill (a denoiser that reads each row's puzzle embedding), the
+K = 1 control and evaluate (TDRM beside its teacher and the trivial baseline, voted, pass@2), rl
+and report refuse ARC data by name, and `bench arc --teacher` sets a teacher beside the trivial
+baseline on the same held-out tasks, paired."""
 import json
 
 import numpy as np
@@ -60,13 +62,86 @@ def test_teacher_stage_trains_on_the_task_its_data_directory_holds(arc_run):
     assert h[-1]["lm_loss"] < h[0]["lm_loss"], [r["lm_loss"] for r in h]
 
 
-def test_sudoku_only_stages_refuse_arc_data_by_name(arc_run):
+@pytest.fixture(scope="module")
+def arc_chain(arc_run):
+    """The rest of the ARC chain on arc_tiny: traces, distill, the K = 1 control and evaluate."""
+    from tdrm.pipeline import distill_stage
     d, params = arc_run
-    with pytest.raises(TaskError, match="stage traces runs on data.task sudoku only, got 'arc'"):
-        traces_stage(str(params), str(d / "data"), str(d / "teacher.pt"), str(d / "tr"), str(d / "m_tr.json"))
-    with pytest.raises(TaskError, match="stage evaluate runs on data.task sudoku only"):
-        evaluate_stage(str(params), str(d / "data"), str(d / "teacher.pt"), str(d / "m_ev.json"), str(d / "s.csv"))
-    assert not (d / "tr").exists()
+    traces_stage(str(params), str(d / "data"), str(d / "teacher.pt"), str(d / "tr"), str(d / "m_tr.json"))
+    for name, final in (("tdrm", False), ("k1", True)):
+        distill_stage(str(params), str(d / "tr"), str(d / "teacher.pt"), str(d / f"{name}.pt"),
+                      str(d / f"m_{name}.json"), str(d / f"{name}.csv"), final_only=final, resume_dir=str(d / "ck"))
+    (d / "plots").mkdir()
+    evaluate_stage(str(params), str(d / "data"), str(d / "teacher.pt"), str(d / "m_ev.json"), str(d / "steps.csv"),
+                   str(d / "tdrm.pt"), str(d / "k1.pt"), str(d / "m_tdrm.json"), str(d / "plots"))
+    return d, params
+
+
+def test_the_tdrm_chain_runs_on_arc_and_reads_the_puzzle_ids(arc_chain):
+    """traces record the set's training rows (val rows held out of train, each row's puzzle id kept);
+    distill trains a denoiser that reads each row's puzzle embedding; evaluate scores teacher,
+    baseline, TDRM and the control on the same held-out tasks."""
+    import torch
+    from tdrm.checkpoint import load_tdrm
+    from tdrm.traces.store import TraceReader
+    d, _ = arc_chain
+    arc = load_set(d / "data")
+    tr, va = TraceReader(d / "tr" / "train"), TraceReader(d / "tr" / "val")
+    assert tr.header["task"] == "arc" and tr.header["version"] == arc.version
+    idx = {s: np.concatenate([r.load_shard(i, ["index"])["index"] for i in range(len(r.manifest["shards"]))])
+           for s, r in (("train", tr), ("val", va))}
+    assert not set(idx["train"]) & set(idx["val"]) and len(idx["train"]) + len(idx["val"]) == len(arc.train.inputs)
+    sh = tr.load_shard(0, ["puzzle", "solution", "puzzle_id", "index", "y"])
+    rows = sh["index"]
+    assert np.array_equal(sh["puzzle"], arc.train.inputs[rows]) and np.array_equal(sh["solution"], arc.train.labels[rows])
+    assert np.array_equal(sh["puzzle_id"], arc.train.puzzle_ids[rows]) and sh["y"].shape[1:3] == (2, 25)
+    model, codec, sched, ck = load_tdrm(d / "tdrm.pt")
+    assert model.puzzle_table.shape == (80, 32) and torch.equal(model.puzzle_table, codec.teacher.puzzle_emb)
+    x = torch.randn(2, model.K, model.L, model.C, generator=torch.Generator().manual_seed(0))
+    tokens = torch.as_tensor(arc.train.inputs[:1].astype(np.int64)).expand(2, -1)
+    with torch.no_grad():  # the same canvas under two puzzle ids: the embedding changes the estimate
+        out = model(x[:1].expand(2, -1, -1, -1), torch.tensor([10, 10]), torch.cat([tokens, torch.tensor([[3], [7]])], 1))
+    assert not torch.allclose(out[0], out[1])
+    with pytest.raises(ValueError, match="with the puzzle id last"):
+        model(x, torch.tensor([10, 10]), tokens)
+    with pytest.raises(ValueError, match="puzzle ids must be in 0..79"):
+        model(x, torch.tensor([10, 10]), torch.cat([tokens, torch.tensor([[3], [80]])], 1))
+    m = json.loads((d / "m_tdrm.json").read_text())
+    details = json.loads((d / "details" / "m_tdrm.json").read_text())
+    assert m["tasks"] == 4 and 0 <= m["pass2"] <= 1 and "p_vs_teacher" in m and "control_pass2" in m
+    t = json.loads((d / "m_ev.json").read_text())
+    assert t["tasks"] == 4 and t["version"] == arc.version and 0 <= t["pass2"] <= 1
+    assert (d / "plots" / "tdrm_steps.png").is_file() and (d / "plots" / "tdrm_per_step.csv").is_file()
+    assert len(details["tdrm_pass@2_by_row"]) == 2 and details["control"]["tasks"] == 4
+    assert [r["sampling_steps"] for r in details["accuracy_by_sampling_steps"]] == [5]
+
+
+def test_rl_and_report_refuse_arc_data_by_name(arc_chain):
+    from tdrm.pipeline import report_stage, rl_stage
+    d, params = arc_chain
+    with pytest.raises(TaskError, match="stage rl runs on data.task sudoku only, got 'arc'"):
+        rl_stage(str(params), str(d / "data"), str(d / "tdrm.pt"), str(d / "rl.pt"), str(d / "m_rl.json"), str(d))
+    with pytest.raises(TaskError, match="stage report runs on data.task sudoku only"):
+        report_stage(str(d), str(d), str(d / "data"), str(d / "teacher.pt"), str(d / "tdrm.pt"), str(d / "r.html"))
+    assert not (d / "rl.pt").exists()
+
+
+def test_arc_traces_refuse_settings_they_would_ignore(arc_run, tmp_path, params_raw):
+    from tdrm import config
+    from tdrm.checkpoint import load_teacher
+    from tdrm.tasks.arc.traces import record_arc, split_rows
+    d, params = arc_run
+    teacher, _ = load_teacher(d / "teacher.pt")
+    p = config.load(params)
+    for over, msg in (({"num_aug": 1}, "traces.num_aug: 0"), ({"projection": "pca", "channels": 8}, "pca")):
+        from dataclasses import replace
+        with pytest.raises(ValueError, match=msg):
+            record_arc(teacher, d / "teacher.pt", d / "data", tmp_path / "x", replace(p.traces, **over), 0, "cpu")
+    a = split_rows(100, 0, None)
+    assert len(a["val"]) == 5 and len(a["train"]) == 95 and not set(a["train"]) & set(a["val"])
+    assert np.array_equal(split_rows(100, 0, None)["val"], a["val"]) and len(split_rows(100, 0, 10)["train"]) == 10
+    with pytest.raises(ValueError, match="at least 2 training rows"):
+        split_rows(1, 0, None)
 
 
 def test_unknown_task_and_mismatched_directories_fail_clearly(tmp_path, params_raw):
@@ -100,6 +175,31 @@ def test_teacher_vs_baseline_pairs_the_same_test_inputs(arc_run, monkeypatch):
     assert r["baseline"]["inputs_solved@2"] == sum(base_ok)
     assert r["paired_inputs_teacher_vs_baseline"]["only_first"] == len(base_ok) - sum(base_ok)
     assert r["paired_inputs_teacher_vs_baseline"]["only_second"] == 0
+
+
+def test_tdrm_vs_teacher_pairs_the_same_test_inputs(arc_chain, monkeypatch):
+    """A stand-in TDRM whose samples are every augmented test input's true output: pass@2 1 and, paired
+    with the (stand-in, always wrong) teacher, every input counts for TDRM alone; decoded at each
+    generated row it is right at every row."""
+    from tdrm.checkpoint import load_tdrm
+    d, _ = arc_chain
+    arc = load_set(d / "data")
+    ex = arc.held_out["test"]
+    truth = []
+    for r in range(len(ex.inputs)):
+        dd, perm = parse_aug(arc.identifiers[ex.puzzle_ids[r]].split("|")[1])
+        g = arc.truths["test"][arc.task_ids[ex.task[r]]][ex.pair[r]]
+        truth.append(encode(augment_grid(g, dd, perm), size=arc.size).reshape(-1))
+    truth = np.stack(truth)
+    monkeypatch.setattr(arc_eval, "tdrm_predict", lambda *a, **k: (truth, np.zeros(len(truth)),
+                                                                    np.stack([truth, truth], 1)))
+    monkeypatch.setattr(arc_eval, "predict", lambda *a, **k: (np.zeros_like(truth), np.zeros(len(truth))))
+    model, codec, sched, _ = load_tdrm(d / "tdrm.pt")
+    r = arc_eval.tdrm_vs_teacher(model, codec, sched, arc, "test", (3, 5))
+    n = sum(len(v) for v in arc.truths["test"].values())
+    assert r["tdrm"]["pass@2"] == 1.0 and r["tdrm"]["inputs_solved@2"] == n and r["teacher"]["inputs_solved@2"] == 0
+    assert (r["paired_inputs_tdrm_vs_teacher"]["only_first"], r["paired_inputs_tdrm_vs_teacher"]["only_second"]) == (n, 0)
+    assert r["tdrm_pass@2_by_row"] == [1.0, 1.0] and [x["sampling_steps"] for x in r["accuracy_by_sampling_steps"]] == [3, 5]
 
 
 def test_bench_arc_scores_a_trained_teacher_and_refuses_a_sudoku_one(arc_run, tmp_path, capsys):

@@ -27,6 +27,26 @@ def predict(model, ex: Examples, batch_size: int, device) -> tuple[np.ndarray, n
     return np.concatenate(canvases), np.concatenate(qs)
 
 
+@torch.no_grad()
+def teacher_pass_by_step(model, arc: ArcSet, split: str, batch_size: int = 64, device="cpu") -> list[float]:
+    """The teacher's pass@2 on a held-out split when its answer is read after each supervision step
+    k = 1..N_sup (voted over augmentations, the halting q at that step as tie-break)."""
+    model.eval()
+    ex = arc.held_out[split]
+    canv, qs = [], []
+    for i in range(0, len(ex.inputs), batch_size):
+        tokens = torch.as_tensor(ex.inputs[i:i + batch_size].astype(np.int64), device=device)
+        ids = torch.as_tensor(ex.puzzle_ids[i:i + batch_size].astype(np.int64), device=device)
+        tr = model.trace(tokens, keep_states=False, puzzle_ids=ids)
+        canv.append(tr.logits.argmax(-1).cpu().numpy())  # (K, b, P)
+        qs.append(tr.q.float().cpu().numpy())  # (K, b)
+    if not canv:
+        return [0.0] * model.cfg.n_sup
+    canv, qs = np.concatenate(canv, 1), np.concatenate(qs, 1)
+    return [summarize(attempts_from(arc, split, canv[k], qs[k]), arc.truths[split])["pass@2"]
+            for k in range(canv.shape[0])]
+
+
 def attempts_from(arc: ArcSet, split: str, canvases: np.ndarray, q: np.ndarray) -> dict[str, list[list[np.ndarray]]]:
     """task id -> per test input, the distinct predicted grids ranked by votes over augmentations."""
     ex = arc.held_out[split]
@@ -79,4 +99,89 @@ def teacher_vs_baseline(model, arc: ArcSet, split: str = "test", batch_size: int
         out[name] = {**r, "inputs_ci95@2": [lo, hi]}
     out["paired_inputs_teacher_vs_baseline"] = mcnemar_exact(inputs["teacher"], inputs["baseline"])
     out["paired_tasks_strict_teacher_vs_baseline"] = mcnemar_exact(strict["teacher"], strict["baseline"])
+    return out
+
+
+def condition(ex: Examples, rows: slice, device) -> torch.Tensor:
+    """A TDRM's puzzle input for held-out rows: the input canvas tokens and the puzzle id last (B, P + 1)."""
+    return torch.cat([torch.as_tensor(ex.inputs[rows].astype(np.int64), device=device),
+                      torch.as_tensor(ex.puzzle_ids[rows].astype(np.int64), device=device)[:, None]], dim=1)
+
+
+@torch.no_grad()
+def tdrm_predict(model, codec, schedule, ex: Examples, steps: int, seed: int, batch_size: int = 64, device="cpu"
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One TDRM sample per row (deterministic DDIM, `steps` denoiser calls, starting noise from a
+    generator seeded `seed`, drawn batch after batch), decoded through the frozen teacher's lm_head:
+    (canvases (M, P) tokens of the final row, confidence (M,) = the mean top-1 minus top-2
+    probability over the canvas, the vote's tie-break in place of the teacher's halting q, and
+    canvases decoded at every generated row (M, K, P))."""
+    from ...diffusion.samplers import top_margin
+    from ...diffusion.sampling import generate
+    gen = torch.Generator().manual_seed(seed)
+    canvases, conf, rows_ = [], [], []
+    for i in range(0, len(ex.inputs), batch_size):
+        x = generate(model, condition(ex, slice(i, i + batch_size), device), schedule, sampler="ddim", steps=steps,
+                     eta=0.0, generator=gen, confidence=codec.cell_confidence)
+        logits = codec.answer_logits(x)  # (b, P, V)
+        canvases.append(logits.argmax(-1).cpu().numpy())
+        conf.append(top_margin(logits).mean(-1).float().cpu().numpy())
+        rows_.append(codec.step_logits(x).argmax(-1).cpu().numpy())
+    if not canvases:
+        p = ex.inputs.shape[1]
+        return np.zeros((0, p), dtype=np.int64), np.zeros(0), np.zeros((0, model.K, p), dtype=np.int64)
+    return np.concatenate(canvases), np.concatenate(conf), np.concatenate(rows_)
+
+
+def _ci(solved: list[bool]) -> list[float]:
+    from ...eval.metrics import wilson
+    return list(wilson(sum(solved), len(solved)))
+
+
+def tdrm_vs_teacher(model, codec, schedule, arc: ArcSet, split: str = "test", steps: tuple[int, ...] = (20,),
+                    seed: int = 0, batch_size: int = 64, device="cpu", control=None) -> dict:
+    """TDRM on a held-out split beside its teacher and the trivial baseline, each voted over the
+    augmentations of every test input (`attempts_from`) and scored with the ARC Prize rule:
+    pass@1 / pass@2 / strict for the teacher, the baseline and TDRM at each of `steps` denoiser
+    calls (and, with `control` = (model, codec, schedule), the K = 1 control at the last), Wilson
+    intervals over test inputs, exact McNemar tests paired over test inputs (solved within 2
+    attempts): TDRM (at the last of `steps`) against the teacher, the baseline and the control;
+    and TDRM's pass@2 when its answer is decoded at each generated row k."""
+    from ...eval.metrics import mcnemar_exact
+    truths = arc.truths[split]
+    ex = arc.held_out[split]
+    t_canv, t_q = predict(codec.teacher, ex, batch_size, device)
+    att = {"teacher": attempts_from(arc, split, t_canv, t_q), "baseline": baseline_attempts(arc, split)}
+    out: dict = {"version": arc.version, "split": split, "canvas": arc.size, "tasks": len(truths),
+                 "test_inputs": sum(len(v) for v in truths.values())}
+    by_steps, rows_final = [], None
+    for s in steps:
+        canv, conf, rows_ = tdrm_predict(model, codec, schedule, ex, s, seed, batch_size, device)
+        att[f"tdrm@{s}"] = attempts_from(arc, split, canv, conf)
+        r = summarize(att[f"tdrm@{s}"], truths)
+        solved = _solved(att[f"tdrm@{s}"], truths)
+        lo, hi = _ci(solved)
+        by_steps.append({"sampling_steps": s, "exact_accuracy": r["pass@2"], "pass@1": r["pass@1"],
+                         "pass@2_strict": r["pass@2_strict"], "inputs_solved@2": sum(solved), "ci_low": lo, "ci_high": hi})
+        rows_final, conf_final = rows_, conf
+    if control is not None:
+        c_model, c_codec, c_sched = control
+        canv, conf, _ = tdrm_predict(c_model, c_codec, c_sched, ex, steps[-1], seed, batch_size, device)
+        att["control"] = attempts_from(arc, split, canv, conf)
+    inputs = {}
+    for name, a in att.items():
+        inputs[name] = _solved(a, truths)
+        out[name] = {**summarize(a, truths), "inputs_ci95@2": _ci(inputs[name])}
+    last = f"tdrm@{steps[-1]}"
+    out["tdrm"] = out[last]
+    out["paired_inputs_tdrm_vs_teacher"] = mcnemar_exact(inputs[last], inputs["teacher"])
+    out["paired_inputs_tdrm_vs_baseline"] = mcnemar_exact(inputs[last], inputs["baseline"])
+    if control is not None:
+        out["paired_inputs_tdrm_vs_control"] = mcnemar_exact(inputs[last], inputs["control"])
+    per_row = []
+    for k in range(rows_final.shape[1]):
+        r = summarize(attempts_from(arc, split, rows_final[:, k], conf_final), truths)
+        per_row.append({"step": k + 1, "tdrm_pass@2": r["pass@2"]})
+    out["tdrm_pass@2_by_row"] = [r["tdrm_pass@2"] for r in per_row]
+    out["accuracy_by_sampling_steps"] = by_steps
     return out
