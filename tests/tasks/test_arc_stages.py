@@ -152,6 +152,17 @@ def test_unknown_task_and_mismatched_directories_fail_clearly(tmp_path, params_r
         teacher_data(tmp_path / "nothing", None)
 
 
+def _truth_canvases(arc, split: str) -> np.ndarray:
+    """(M, P) the true output of every held-out row, under the row's augmentation, as a canvas."""
+    ex = arc.held_out[split]
+    out = []
+    for r in range(len(ex.inputs)):
+        dd, perm = parse_aug(arc.identifiers[ex.puzzle_ids[r]].split("|")[1])
+        g = arc.truths[split][arc.task_ids[ex.task[r]]][ex.pair[r]]
+        out.append(encode(augment_grid(g, dd, perm), size=arc.size).reshape(-1))
+    return np.stack(out)
+
+
 def test_teacher_vs_baseline_pairs_the_same_test_inputs(arc_run, monkeypatch):
     """A stand-in teacher that predicts every augmented test input's true output solves every input;
     the paired counts are then exactly the inputs the baseline misses (computed independently)."""
@@ -160,13 +171,8 @@ def test_teacher_vs_baseline_pairs_the_same_test_inputs(arc_run, monkeypatch):
     from tdrm.tasks.arc.scoring import solved_within
     d, _ = arc_run
     arc = load_set(d / "data")
-    ex = arc.held_out["test"]
-    truth_canvases = []
-    for r in range(len(ex.inputs)):
-        dd, perm = parse_aug(arc.identifiers[ex.puzzle_ids[r]].split("|")[1])
-        g = arc.truths["test"][arc.task_ids[ex.task[r]]][ex.pair[r]]
-        truth_canvases.append(encode(augment_grid(g, dd, perm), size=arc.size).reshape(-1))
-    monkeypatch.setattr(arc_eval, "predict", lambda *a, **k: (np.stack(truth_canvases), np.zeros(len(ex.inputs))))
+    truth = _truth_canvases(arc, "test")
+    monkeypatch.setattr(arc_eval, "predict", lambda *a, **k: (truth, np.zeros(len(truth))))
     r = arc_eval.teacher_vs_baseline(None, arc, "test")
     tasks = load(arc.version)["train"]
     base_ok = [solved_within(a, t, 2) for tid in arc.tasks["test"]
@@ -184,13 +190,7 @@ def test_tdrm_vs_teacher_pairs_the_same_test_inputs(arc_chain, monkeypatch):
     from tdrm.checkpoint import load_tdrm
     d, _ = arc_chain
     arc = load_set(d / "data")
-    ex = arc.held_out["test"]
-    truth = []
-    for r in range(len(ex.inputs)):
-        dd, perm = parse_aug(arc.identifiers[ex.puzzle_ids[r]].split("|")[1])
-        g = arc.truths["test"][arc.task_ids[ex.task[r]]][ex.pair[r]]
-        truth.append(encode(augment_grid(g, dd, perm), size=arc.size).reshape(-1))
-    truth = np.stack(truth)
+    truth = _truth_canvases(arc, "test")
     monkeypatch.setattr(arc_eval, "tdrm_predict", lambda *a, **k: (truth, np.zeros(len(truth)),
                                                                     np.stack([truth, truth], 1)))
     monkeypatch.setattr(arc_eval, "predict", lambda *a, **k: (np.zeros_like(truth), np.zeros(len(truth))))
