@@ -176,15 +176,16 @@ class Denoiser(nn.Module):
                 x0_prev: torch.Tensor | None = None, h_prev: torch.Tensor | None = None, *,
                 return_hidden: bool = False):
         """x_t (B, K, L, C), t (B,) steps or (B, K) one step per row (the clean puzzle row at 0),
-        puzzle tokens (B, N) (with a `puzzle_table`: (B, N + 1), the puzzle id last) -> x0_hat (B, K, L, C); with `return_hidden`, (x0_hat, h) with h the
-        last hidden state (B, K+1, L, D), what `latent_cond` reads back as `h_prev` in the next call."""
+        puzzle tokens (B, N) (with a `puzzle_table`: (B, N + 1), the puzzle id last) -> x0_hat
+        (B, K, L, C); with `return_hidden`, (x0_hat, h) with h the last hidden state
+        (B, K+1, L, D), what `latent_cond` reads back as `h_prev` in the next call."""
         b = x_t.shape[0]
         if x_t.shape[1:] != (self.K, self.L, self.C):
             raise ValueError(f"expected trajectories (B, {self.K}, {self.L}, {self.C}), got {tuple(x_t.shape)}")
         n = self.L - self.P + (self.ids is not None)  # the tokens (and the puzzle id)
         if puzzle.shape != (b, n):
-            raise ValueError(f"expected puzzle tokens ({b}, {n}){' with the puzzle id last' if self.ids is not None else ''}, "
-                             f"got {tuple(puzzle.shape)}")
+            last = " with the puzzle id last" if self.ids is not None else ""
+            raise ValueError(f"expected puzzle tokens ({b}, {n}){last}, got {tuple(puzzle.shape)}")
         ids = None
         if self.ids is not None:
             puzzle, ids = puzzle[:, :-1], puzzle[:, -1]
