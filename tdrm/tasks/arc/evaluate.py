@@ -148,6 +148,8 @@ def tdrm_vs_teacher(model, codec, schedule, arc: ArcSet, split: str = "test", st
     attempts): TDRM (at the last of `steps`) against the teacher, the baseline and the control;
     and TDRM's pass@2 when its answer is decoded at each generated row k."""
     from ...eval.metrics import mcnemar_exact
+    if not steps:
+        raise ValueError("evaluate.tdrm_steps must name at least one number of denoiser calls")
     truths = arc.truths[split]
     ex = arc.held_out[split]
     t_canv, t_q = predict(codec.teacher, ex, batch_size, device)
