@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from .schedules import broadcast_levels
+
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor | float,
                       reduce: str = "sum") -> torch.Tensor:
@@ -34,16 +36,6 @@ def masked_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, sigma: torch.T
     return torch.where(m, per, torch.zeros_like(per)).reshape(x.shape[0], -1).sum(-1)
 
 
-def expand_sigma(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A per-row or per-cell reverse step's sigma as a tensor broadcastable against x (B, K, L, C):
-    per row (K,) -> (1, K, 1, 1); per cell (B, 1, L) -> (B, 1, L, 1)."""
-    if sigma.dim() == 1:
-        return sigma.view(1, -1, 1, 1)
-    if sigma.dim() == 3:
-        return sigma[..., None]
-    raise ValueError(f"a step's sigma is a float, (K,) per row or (B, 1, L) per cell; got shape {tuple(sigma.shape)}")
-
-
 def step_log_prob_mean(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """The per-dimension mean log-probability (B,) of a reverse step's draw x (B, K, L, C) under
     N(mean, sigma^2): a float sigma is one level for the whole sample (`gaussian_log_prob`,
@@ -51,7 +43,7 @@ def step_log_prob_mean(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor 
     moved with sigma > 0 (the others are deterministic), divided by their number."""
     if not isinstance(sigma, torch.Tensor):
         return gaussian_log_prob(x, mean, sigma, reduce="mean")
-    s = expand_sigma(sigma, x)
+    s = broadcast_levels(sigma, x)
     noisy = s > 0
     lp = masked_gaussian_log_prob(x, mean, s, noisy)
     return lp / noisy.expand_as(x).reshape(x.shape[0], -1).sum(-1).clamp_min(1)

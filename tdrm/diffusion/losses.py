@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .schedules import Schedule
+from .schedules import Schedule, broadcast_levels
 
 
 def snr(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,7 @@ def masked_sample_mse(x0_hat: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -
     if t.dim() == 1:
         return sample_mse(x0_hat, x0)
     per = (x0_hat.float() - x0.float()).square()  # (B, K, L, C)
-    noisy = (t > 0)[..., None, None] if t.dim() == 2 else (t > 0)[..., None]
-    m = noisy.expand_as(per).float().reshape(x0.shape[0], -1)
+    m = broadcast_levels(t > 0, per).expand_as(per).float().reshape(x0.shape[0], -1)
     return (per.reshape(x0.shape[0], -1) * m).sum(-1) / m.sum(-1).clamp_min(1.0)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .logprob import gaussian_log_prob, masked_gaussian_log_prob
-from .schedules import Schedule, cell_levels, cells_started, row_levels
+from .schedules import Schedule, broadcast_levels, cell_levels, cells_started, row_levels
 
 
 @dataclass
@@ -173,10 +173,7 @@ def row_step(schedule: Schedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: tor
     c_eps = (1 - ab_p - sigma ** 2).clamp_min(0).sqrt()
 
     def bc(v):  # levels (K,), (B, K) or (B, 1, L) -> broadcastable over (B, K, L, C)
-        v = v.to(x_t.dtype)
-        if v.dim() == 3:
-            return v[..., None]
-        return v.view(*v.shape, 1, 1) if v.dim() == 2 else v.view(1, -1, 1, 1)
+        return broadcast_levels(v.to(x_t.dtype), x_t)
     eps_hat = (x_t - bc(ab_t.sqrt()) * x0_hat) / bc((1 - ab_t).clamp_min(1e-12).sqrt())
     mean = bc(ab_p.sqrt()) * x0_hat + bc(c_eps) * eps_hat
     return torch.where(bc(moves) > 0, mean, x_t), sigma

@@ -68,6 +68,18 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, noise: torch
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
 
+def broadcast_levels(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-row or per-cell values (levels, sigmas, masks) made broadcastable against trajectories
+    x (B, K, L, C): per row (K,) -> (1, K, 1, 1); per sample and row (B, K) -> (B, K, 1, 1); per
+    cell (B, 1, L) -> (B, 1, L, 1). (One level per sample, (B,), is not a per-row value: q_sample
+    takes it.)"""
+    if v.dim() == 1:
+        return v.view(1, -1, 1, 1)
+    if v.dim() in (2, 3):
+        return v.view(*v.shape, *([1] * (x.dim() - v.dim())))
+    raise ValueError(f"per-row or per-cell values are (K,), (B, K) or (B, 1, L); got shape {tuple(v.shape)}")
+
+
 def row_levels(progress: torch.Tensor, rows: int, lag: float, T: int) -> torch.Tensor:
     """Per-row integer noise levels of the rolling schedule (Diffusion Forcing's pyramid /
     Rolling Diffusion), progress p (...,) in [0, 1] -> (..., rows) steps in 0..T:

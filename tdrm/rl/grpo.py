@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion.logprob import expand_sigma
+from ..diffusion.schedules import broadcast_levels
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, clip: float = 5.0) -> torch.Tensor:
@@ -38,7 +38,7 @@ def gaussian_kl(mean: torch.Tensor, mean_ref: torch.Tensor, sigma: float | torch
     (the others are deterministic, not part of the density)."""
     if not isinstance(sigma, torch.Tensor):
         return (mean - mean_ref).square().flatten(1).mean(-1) / (2 * sigma ** 2)
-    s = expand_sigma(sigma, mean).to(mean.dtype)
+    s = broadcast_levels(sigma, mean).to(mean.dtype)
     noisy = (s > 0).expand_as(mean)
     per = torch.where(noisy, (mean - mean_ref).square() / (2 * s.clamp_min(1e-12) ** 2), torch.zeros_like(mean))
     return per.flatten(1).sum(-1) / noisy.flatten(1).sum(-1).clamp_min(1)

@@ -71,25 +71,30 @@ def _boards(ps, items, split_id: int, seed: int):
     return p, s
 
 
-@torch.no_grad()
-def _run(model, puzzles: np.ndarray, solutions: np.ndarray, cfg: Traces, proj, gen, device) -> dict:
-    tokens = torch.as_tensor(to_tokens(puzzles), device=device)
-    tr = model.trace(tokens, noise=cfg.noise, generator=gen, inner=cfg.inner)
+def trace_arrays(model, tr, solved: torch.Tensor, cfg: Traces, proj, device) -> dict:
+    """A teacher trace `tr` as shard arrays: y and z at the recorded positions (prefix optional,
+    projected when `proj`), logits, halting logits and `solved` (K, B), each with the batch first."""
     start = 0 if cfg.prefix else model.cfg.prefix
     y = tr.y[..., start:, :]  # (K, B, L', D)
     z = (tr.z_inner if cfg.inner else tr.z)[..., start:, :]  # (K, [T*n,] B, L', D)
     if proj is not None:
         mean, basis = (t.to(device) for t in proj)
         y, z = (y - mean) @ basis, (z - mean) @ basis  # (..., C)
-    pred = logits_to_digits(tr.logits)  # (K, B, C) digits
-    sol = torch.as_tensor(solutions, device=device).long()
-    solved = (pred == sol).all(-1)  # (K, B)
     y = y.movedim(1, 0)  # (B, K, L', C)
     z = z.movedim(-3, 0)  # (B, K, [T*n,] L', C)
     return {"y": to_numpy(y, cfg.dtype), "z": to_numpy(z, cfg.dtype),
             "logits": tr.logits.movedim(1, 0).to(torch.float16).cpu().numpy(),  # (B, K, C, V)
             "q": tr.q.T.float().cpu().numpy(),  # (B, K)
             "solved": solved.T.cpu().numpy()}
+
+
+@torch.no_grad()
+def _run(model, puzzles: np.ndarray, solutions: np.ndarray, cfg: Traces, proj, gen, device) -> dict:
+    tokens = torch.as_tensor(to_tokens(puzzles), device=device)
+    tr = model.trace(tokens, noise=cfg.noise, generator=gen, inner=cfg.inner)
+    pred = logits_to_digits(tr.logits)  # (K, B, C) digits
+    sol = torch.as_tensor(solutions, device=device).long()
+    return trace_arrays(model, tr, (pred == sol).all(-1), cfg, proj, device)
 
 
 def _done_path(split_dir: Path, si: int) -> Path:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tdrm.data.board import SHAPES, parse, to_tokens
-from tdrm.diffusion.logprob import expand_sigma, gaussian_log_prob, step_log_prob_mean
+from tdrm.diffusion.logprob import gaussian_log_prob, step_log_prob_mean
+from tdrm.diffusion.schedules import broadcast_levels
 from tdrm.diffusion.samplers import Sample
 from tdrm.diffusion.schedules import make_schedule
 from tdrm.rl.grpo import clipped_ratio_loss, elbo_surrogate_loss, gaussian_kl, group_advantages
@@ -311,7 +312,7 @@ def test_update_starts_at_ratio_one_and_zero_kl_to_itself(latent, levels):
             assert sigma == st.sigma and torch.allclose(old, gaussian_log_prob(st.x_prev, st.mean, st.sigma) / 30)
         else:  # the recorded sum over the moving coordinates, per coordinate
             assert torch.equal(sigma, st.sigma)
-            count = (expand_sigma(st.sigma, st.x_prev) > 0).expand_as(st.x_prev).flatten(1).sum(-1)
+            count = (broadcast_levels(st.sigma, st.x_prev) > 0).expand_as(st.x_prev).flatten(1).sum(-1)
             assert torch.allclose(old * count, st.log_prob, rtol=0, atol=1e-9)
         assert torch.allclose(lp, old, rtol=0, atol=1e-9)
     cfg = SimpleNamespace(clip=1e-3, beta=0.02, eta=1.0, sigma_floor=0.0, inner_epochs=1, train_step_fraction=1.0,

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from ...config import Traces
 from ...rng import ARC_TRACES, stream
-from ...traces.record import projection_matrix
-from ...traces.store import MANIFEST, ShardWriter, sha256_file, to_numpy
+from ...traces.record import projection_matrix, trace_arrays
+from ...traces.store import MANIFEST, ShardWriter, sha256_file
 from .dataset import load_set
 from .grids import PAD
 
@@ -51,18 +51,9 @@ def _run(model, inputs: np.ndarray, labels: np.ndarray, ids: np.ndarray, cfg: Tr
     tokens = torch.as_tensor(inputs.astype(np.int64), device=device)
     tr = model.trace(tokens, noise=cfg.noise, generator=gen, inner=cfg.inner,
                      puzzle_ids=torch.as_tensor(ids.astype(np.int64), device=device))
-    start = 0 if cfg.prefix else model.cfg.prefix
-    y = tr.y[..., start:, :]  # (K, B, L', D)
-    z = (tr.z_inner if cfg.inner else tr.z)[..., start:, :]  # (K, [T*n,] B, L', D)
-    if proj is not None:
-        mean, basis = (t.to(device) for t in proj)
-        y, z = (y - mean) @ basis, (z - mean) @ basis
     pred = tr.logits.argmax(-1)  # (K, B, P) tokens
     lab = torch.as_tensor(labels.astype(np.int64), device=device)
-    solved = ((pred == lab) | (lab == PAD)).all(-1)  # (K, B)
-    return {"y": to_numpy(y.movedim(1, 0), cfg.dtype), "z": to_numpy(z.movedim(-3, 0), cfg.dtype),
-            "logits": tr.logits.movedim(1, 0).to(torch.float16).cpu().numpy(),  # (B, K, P, V)
-            "q": tr.q.T.float().cpu().numpy(), "solved": solved.T.cpu().numpy()}
+    return trace_arrays(model, tr, ((pred == lab) | (lab == PAD)).all(-1), cfg, proj, device)
 
 
 def record_arc(model, teacher_path: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: Traces, seed: int,
