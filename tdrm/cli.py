@@ -48,6 +48,7 @@ def cmd_eval(a) -> int:
         check_size(ck, ps.shape.cells, str(a.puzzles))
         res = evaluate(model, ps, a.batch_size, device, steps=a.steps, progress=True)
     res.pop("correct", None)
+    res.pop("boards", None)
     res.update(checkpoint=str(a.checkpoint), puzzles=str(a.puzzles), weights="raw" if a.raw else "ema")
     lo, hi = res["ci95"]
     rows = [("puzzles", f"{a.puzzles} (n={res['n']})"),

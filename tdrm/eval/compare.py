@@ -44,7 +44,7 @@ def teacher_run(teacher, ps: PuzzleSet, batch_size: int, device, steps: int,
 
 
 def _strip(res: dict) -> dict:
-    return {k: v for k, v in res.items() if k != "correct"}
+    return {k: v for k, v in res.items() if k not in ("correct", "boards")}  # per-puzzle arrays
 
 
 def _summary(res: dict) -> dict:
@@ -91,10 +91,12 @@ def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, devic
                            "teacher_exact_accuracy": t_res["exact_accuracy"]})
     metrics["accuracy_by_sampling_steps"] = steps_rows
     if cfg.best_of > 1:
-        r = evaluate_tdrm(model, codec, schedule, test, sampler="ddim", steps=d["sample_steps"],
-                          eta=cfg.best_of_eta, samples=cfg.best_of, progress=progress, **common)
-        # the first of the N samples alone; the same draws as `main` when its sampler settings match
+        # the one-sample run at the best-of settings is `main` when its sampler settings match; at
+        # DDIM eta 0 it is also the first of the N samples (its boards reused, the other N - 1 drawn after it)
         same = d["sampler"] == "ddim" and d["eta"] == cfg.best_of_eta
+        r = evaluate_tdrm(model, codec, schedule, test, sampler="ddim", steps=d["sample_steps"],
+                          eta=cfg.best_of_eta, samples=cfg.best_of, progress=progress,
+                          first=main if same and cfg.best_of_eta == 0 else None, **common)
         one = main if same else evaluate_tdrm(
             model, codec, schedule, test, sampler="ddim", steps=d["sample_steps"],
             eta=cfg.best_of_eta, samples=1, progress=progress, **common)

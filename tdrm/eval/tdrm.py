@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..data.board import logits_to_digits, to_tokens, valid_boards
 from ..data.loaders import PuzzleSet
-from ..diffusion.samplers import RowSlice
+from ..diffusion.samplers import RowSlice, draw_normal
 from ..diffusion.sampling import generate
 from ..dist import SINGLE, World, all_mean, batch_shares, gather_rows
 from .metrics import wilson
@@ -25,7 +25,8 @@ def cosine_per_step(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps: int,
                   eta: float, samples: int, seed: int, batch_size: int = 64, device="cpu",
-                  progress: bool = False, reference: torch.Tensor | None = None, world: World = SINGLE) -> dict:
+                  progress: bool = False, reference: torch.Tensor | None = None, world: World = SINGLE,
+                  first: dict | None = None) -> dict:
     """Exact accuracy of the decoded final state; with `samples` > 1, the first sample whose board
     passes the label-free validity check is kept. `codec` decodes (it holds the frozen teacher).
     `reference`: the teacher's y states (M, K, N, D) at the cells of the same puzzles, for the
@@ -33,9 +34,19 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
     Data parallel (`world`): rank r samples its rows `dist.rows` of every batch, with the noise
     those rows get in one process (`RowSlice`), and the per-puzzle results are gathered, so every
     rank returns the one-process result.
-    The result's `correct` is the per-puzzle (M,) bool array (drop it before writing JSON)."""
+    `first`: the result of a one-sample call with the same model, puzzles, steps, seed and batch
+    size, at DDIM eta 0 (whose only draw is the starting noise, `reuse_check`): its boards are the
+    first of the `samples` draws (not sampled again), and the others continue the seed's stream
+    after that call's draws, so the first sample of best-of-N is exactly the one-sample result.
+    The result's `correct` (M,) bool and `boards` (M, N) final boards of the first sample are
+    per-puzzle arrays (drop them before writing JSON)."""
     gen = torch.Generator().manual_seed(seed)
-    exact, per_step, picked_valid, cos = [], [], [], []
+    if first is not None:
+        reuse_check(first, n=len(ps), sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size)
+        for nb, mine, _ in batch_shares(len(ps), batch_size, world):  # the one-sample call's draws, in its order
+            draw_normal((mine.stop - mine.start, model.K, model.L, model.C), RowSlice(gen, nb, mine)
+                        if world.distributed else gen)
+    exact, per_step, picked_valid, cos, firsts = [], [], [], [], []
     t0 = time.perf_counter()
     local = 0  # this rank's rows so far (its rows of `reference`)
     for nb, mine, sl in tqdm(list(batch_shares(len(ps), batch_size, world)), desc="eval tdrm",
@@ -45,7 +56,10 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
         tokens = torch.as_tensor(to_tokens(ps.puzzles[sl]), device=device)
         g = RowSlice(gen, nb, mine) if world.distributed else gen
         best, best_ok, steps_right = None, None, None
-        for j in range(samples):
+        if first is not None:  # the first sample: the one-sample call's boards
+            best = torch.as_tensor(first["boards"][sl], device=device).long()
+            best_ok = valid_boards(p, best, ps.shape)
+        for j in range(1 if first is not None else 0, samples):
             x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=g,
                          confidence=codec.cell_confidence)  # (B, R, L, C)
             y = codec.step_y(x)  # (B, K, N, D)
@@ -53,6 +67,7 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
             ok = valid_boards(p, boards[:, -1], ps.shape)
             if best is None:
                 best, best_ok, steps_right = boards[:, -1].clone(), ok.clone(), (boards == s[:, None]).all(-1)
+                first_boards = boards[:, -1]
                 if reference is not None:
                     ref = reference[local:local + len(y), -y.shape[1]:].to(y.device)
                     cos.append(cosine_per_step(y, ref).cpu().numpy() * len(y) if len(y) else np.zeros(y.shape[1]))
@@ -62,7 +77,9 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
                 best_ok |= ok
         local += len(p)
         exact.append(gather_rows((best == s).all(-1), world).cpu().numpy())
-        per_step.append(gather_rows(steps_right.float(), world).cpu().numpy())
+        if first is None:
+            per_step.append(gather_rows(steps_right.float(), world).cpu().numpy())
+            firsts.append(gather_rows(first_boards.to(torch.int8), world).cpu().numpy())
         picked_valid.append(gather_rows(best_ok, world).cpu().numpy())
     if cos and world.distributed:  # per-rank sums of cosines -> the sum over all puzzles
         cos = [np.asarray(all_mean([float(v) for v in np.sum(cos, 0)], world)) * world.size]
@@ -71,13 +88,30 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
     seconds = time.perf_counter() - t0
     res = {"n": n, "exact_accuracy": float(exact.mean()), "ci95": list(wilson(int(exact.sum()), n)),
            "valid_fraction": float(np.concatenate(picked_valid).mean()),
-           "per_step_exact_accuracy_first_sample": [float(v) for v in np.concatenate(per_step).mean(0)],
-           "sampler": sampler, "steps": steps, "eta": eta, "samples": samples, "seed": seed,
+           "per_step_exact_accuracy_first_sample": (first["per_step_exact_accuracy_first_sample"] if first is not None
+                                                    else [float(v) for v in np.concatenate(per_step).mean(0)]),
+           "sampler": sampler, "steps": steps, "eta": eta, "samples": samples, "seed": seed, "batch_size": batch_size,
            "network_evals_per_puzzle": steps * samples, "seconds": seconds,
-           "puzzles_per_second": n / max(seconds, 1e-9), "correct": exact}
+           "puzzles_per_second": n / max(seconds, 1e-9), "correct": exact,
+           "boards": first["boards"] if first is not None else np.concatenate(firsts)}
     if cos:
         res["per_step_cosine_to_teacher"] = [float(v) for v in np.sum(cos, 0) / n]
+    elif first is not None and "per_step_cosine_to_teacher" in first:
+        res["per_step_cosine_to_teacher"] = first["per_step_cosine_to_teacher"]
     return res
+
+
+def reuse_check(first: dict, *, n: int, sampler: str, steps: int, eta: float, seed: int, batch_size: int) -> None:
+    """Raise ValueError unless `first` (an `evaluate_tdrm` result) can stand in for the first sample
+    of a call with these settings: one sample of the same n puzzles, seed, steps and batch size, DDIM
+    at eta 0 on both sides (a stochastic chain draws more than its starting noise)."""
+    want = {"n": n, "samples": 1, "sampler": "ddim", "steps": steps, "eta": 0.0, "seed": seed}
+    have = {k: first.get(k) for k in want}
+    if sampler != "ddim" or eta != 0.0 or have != want or first.get("batch_size") != batch_size \
+            or "boards" not in first:
+        raise ValueError(f"a first-sample result is reused only from one DDIM eta-0 sample of the same puzzles, "
+                         f"seed, steps and batch size: it has {have} (batch size {first.get('batch_size')}), "
+                         f"this call {sampler} eta {eta}, {steps} steps, seed {seed}, batch size {batch_size}")
 
 
 def flops(fn, *args) -> int:

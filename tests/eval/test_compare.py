@@ -97,3 +97,54 @@ def test_stages_distill_control_and_evaluate_compare(tiny_params_file, tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="another teacher"):
         evaluate_stage(s, d, str(tmp_path / "t.pt"), str(tmp_path / "me.json"), str(tmp_path / "e.csv"),
                        str(tmp_path / "other.pt"), None, str(tmp_path / "mtdrm.json"), str(plots))
+
+
+
+def test_best_of_n_takes_the_one_sample_run_as_its_first_sample(tmp_path, monkeypatch):
+    """Best of N with `first` checks the one-sample run's boards as its first sample (no chain run
+    for them) and draws the others after that run's draws in the seed's stream: here they are the
+    boards a one-sample run over the puzzles listed twice gives its second half. A first result of
+    other settings is refused."""
+    import numpy as np
+    import tdrm.eval.tdrm as ev
+    from tdrm.checkpoint import load_tdrm
+    from tdrm.data.dataset import load_split
+    from tdrm.train.distill import train_distill
+    from tests.conftest import tiny_params, tiny_traces
+    teacher = tiny_traces(tmp_path, 30, 20)
+    train_distill(tiny_params({"distill": {"steps": 5, "eval_every": 0}}), tmp_path / "tr", teacher,
+                  tmp_path / "tdrm.pt", progress=False)
+    model, codec, sched, _ = load_tdrm(tmp_path / "tdrm.pt")
+    test = load_split(tmp_path, "test")
+    ps, twice = test.take(list(range(32))), test.take(list(range(32)) * 2)
+    seen, calls = [], [0]
+    real_generate = ev.generate
+
+    def valid(puzzles, boards, shape):  # records every board checked; a check that depends on the draws
+        seen.append(boards.clone())
+        return boards[:, 0] % 2 == 0
+
+    def counted(*a, **k):
+        calls[0] += 1
+        return real_generate(*a, **k)
+
+    monkeypatch.setattr(ev, "valid_boards", valid)
+    monkeypatch.setattr(ev, "generate", counted)
+    common = dict(sampler="ddim", steps=3, eta=0.0, seed=0, batch_size=16)
+    one = ev.evaluate_tdrm(model, codec, sched, ps, samples=1, **common)
+    later = ev.evaluate_tdrm(model, codec, sched, twice, samples=1, **common)["boards"][32:]
+    seen.clear()
+    calls[0] = 0
+    best = ev.evaluate_tdrm(model, codec, sched, ps, samples=2, first=one, **common)
+    assert calls[0] == 2  # two batches of 16, one chain each: the second sample only
+    # per batch: the first sample's boards (the one-sample run's), then the second sample's
+    assert [b.tolist() for b in seen] == [one["boards"][:16].tolist(), later[:16].tolist(),
+                                          one["boards"][16:].tolist(), later[16:].tolist()]
+    assert not np.array_equal(later, one["boards"])  # the second sample is a new draw
+    first_ok, second_ok = one["boards"][:, 0] % 2 == 0, later[:, 0] % 2 == 0
+    assert best["valid_fraction"] == float((first_ok | second_ok).mean()) > float(first_ok.mean())
+    assert np.array_equal(best["boards"], one["boards"])
+    assert best["per_step_exact_accuracy_first_sample"] == one["per_step_exact_accuracy_first_sample"]
+    for bad in ({"seed": 1}, {"batch_size": 8}, {"eta": 1.0}):
+        with pytest.raises(ValueError, match="first-sample result is reused only"):
+            ev.evaluate_tdrm(model, codec, sched, ps, samples=2, first=one, **{**common, **bad})

@@ -178,6 +178,17 @@ def test_evaluate_on_two_ranks_gathers_the_one_process_result(tmp_path, params_r
     assert d1 == d2 and d1["best_of_n"]["eta"] == 0.5 and d1["tdrm"]["exact_accuracy"] == 0.5
     runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.name.isdigit())
     assert len(runs) == 2  # one Sacred run per launch: rank 1 of the 2-process job recorded nothing
+    # best of N at eta 0 takes the main run as its first sample and draws the rest after it, on each rank
+    params_raw["evaluate"].update(best_of_eta=0.0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw))
+    worker("evaluate", str(tmp_path), str(tmp_path / "one0"))
+    r = torchrun(2, "evaluate", tmp_path, tmp_path / "two0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (_, d1), (_, d2) = _results(tmp_path / "one0"), _results(tmp_path / "two0")
+    for d in (d1, d2):
+        d["tdrm"].pop("per_step_cosine_to_teacher")
+    assert d1 == d2 and d1["best_of_n"]["eta"] == 0.0
+    assert d1["best_of_n"]["single_sample_exact_accuracy"] == d1["tdrm"]["exact_accuracy"] == 0.5
 
 
 def test_traces_on_two_ranks_write_the_one_process_bytes(tmp_path):
