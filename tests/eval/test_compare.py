@@ -99,7 +99,6 @@ def test_stages_distill_control_and_evaluate_compare(tiny_params_file, tmp_path)
                        str(tmp_path / "other.pt"), None, str(tmp_path / "mtdrm.json"), str(plots))
 
 
-
 def test_best_of_n_takes_the_one_sample_run_as_its_first_sample(tmp_path, monkeypatch):
     """Best of N with `first` checks the one-sample run's boards as its first sample (no chain run
     for them) and draws the others after that run's draws in the seed's stream: here they are the
