@@ -24,7 +24,7 @@ def rl_stage(params_path: str, data_dir: str, tdrm_path: str, model_out: str, me
     from ..rl.train import before_after, train_rl
 
     p = config.load(params_path)
-    require_task(data_dir, "rl")  # Sudoku only so far (tdrm/tasks)
+    require_task(data_dir, "rl", ("sudoku", "arc"))  # ARC: rewards on training rows (tdrm/tasks/arc/rl.py)
     set_threads(p.common.threads)
     world, device = setup(resolve_device(p.common.device), p.dist.timeout_s)  # torchrun's ranks, or one process
 

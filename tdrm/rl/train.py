@@ -10,6 +10,12 @@ and elbo drop groups whose rewards are all equal (zero advantage; counted as ski
 keeps the samples that pass the validity check, from any group. The frozen reference is the
 distilled model itself.
 
+On ARC data (`data.task: arc`, the data directory says so) a rollout row is one of the set's training
+rows (a demonstration pair, or a train task's test pair, with its puzzle id), its reward 1[the decoded
+canvas equals the row's output] + dense_weight x the share of the output's cells right
+(`tasks.arc.rl`); validation is dev-task pass@2 and `before_after` scores the test tasks (pass@2,
+voted over augmentations). No held-out output is read.
+
 Data parallel (`world`, under torchrun): every rank follows the same epoch order and takes its
 `dist.rows` slice of each draw of puzzles (rl.puzzles divides over the ranks; a group never
 straddles ranks), samples with its own generator (seed + rank x `RL_RANK_SEED`), and the ranks'
@@ -41,6 +47,7 @@ from .. import checkpoint
 from ..checkpoint import load_tdrm
 from ..diffusion.sampling import generate
 from ..diffusion.samplers import check_window
+from ..tasks import data_task
 from ..traces.store import sha256_file
 from .estimators import awm_advantages, curriculum_weights, rft_keep, spg_advantages, weighted_order
 from .grpo import group_advantages
@@ -91,17 +98,40 @@ def _check(cfg) -> None:
 
 def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, generator: torch.Generator, device
                   ) -> tuple[Batch | None, dict]:
-    """Sample G trajectories for each of P puzzles (digits, (P, N)); reward and advantages.
-    Returns the batch of groups with reward variance (None if none) and rollout statistics."""
+    """Sample G trajectories for each of P Sudoku puzzles (digits, (P, N)); reward them without labels
+    (`reward`) and form advantages (`group_rollouts`)."""
     g = cfg.group_size
-    tokens = torch.as_tensor(to_tokens(puzzles), device=device).repeat_interleave(g, 0)  # (S, N)
+    digits = torch.as_tensor(puzzles, device=device).long().repeat_interleave(g, 0)  # (S, N)
+
+    def score(logits: torch.Tensor) -> torch.Tensor:  # (S, N, V) -> (S,)
+        return reward(digits, logits_to_digits(logits), shape, cfg.dense_weight)
+    return group_rollouts(model, codec, schedule, to_tokens(puzzles), score, cfg, generator, device)
+
+
+def arc_rollout_batch(model, codec, schedule, tokens: np.ndarray, labels: np.ndarray, cfg, generator: torch.Generator,
+                      device) -> tuple[Batch | None, dict]:
+    """Sample G trajectories for each of P ARC training rows (condition tokens (P, N + 1), output
+    canvases (P, N)), rewarded against their outputs (`tasks.arc.rl.canvas_reward`)."""
+    from ..tasks.arc.rl import canvas_reward
+    lab = torch.as_tensor(labels, device=device).long().repeat_interleave(cfg.group_size, 0)  # (S, N)
+
+    def score(logits: torch.Tensor) -> torch.Tensor:
+        return canvas_reward(logits.argmax(-1), lab, cfg.dense_weight)
+    return group_rollouts(model, codec, schedule, tokens, score, cfg, generator, device)
+
+
+def group_rollouts(model, codec, schedule, tokens: np.ndarray, score, cfg, generator: torch.Generator, device
+                   ) -> tuple[Batch | None, dict]:
+    """G trajectories for each of P conditions (tokens (P, N')), scored by `score` (decoded answer
+    logits (S, N, V) -> rewards (S,)); advantages per the estimator. Returns the batch of groups with
+    reward variance (None if none) and rollout statistics."""
+    g = cfg.group_size
+    tokens = torch.as_tensor(tokens, device=device).long().repeat_interleave(g, 0)  # (S, N')
     sample = generate(model, tokens, schedule, sampler="ddim", steps=cfg.sample_steps, eta=cfg.eta,
                       generator=generator, return_path=True, sigma_floor=cfg.sigma_floor, window=cfg.sde_window,
                       confidence=codec.cell_confidence)
     with torch.no_grad():
-        boards = logits_to_digits(codec.answer_logits(sample.x0))  # (S, N) digits
-    digits = torch.as_tensor(puzzles, device=device).long().repeat_interleave(g, 0)
-    r = reward(digits, boards, shape, cfg.dense_weight).view(-1, g)  # (P, G)
+        r = score(codec.answer_logits(sample.x0)).view(-1, g)  # (P, G)
     solved = (r >= 1).float()
     varies = r.std(-1, unbiased=False) > 0  # (P,)
     if cfg.estimator == "rft":  # the validity-checked samples of every group, each with weight 1
@@ -143,10 +173,20 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
-    if train.shape.cells != codec.teacher.cells:
-        raise ValueError(f"size mismatch: {tdrm_path} models {codec.teacher.cells}-cell boards, "
-                         f"{data_dir} holds {train.shape.cells}-cell puzzles")
+    task = data_task(data_dir)
+    if task == "arc":  # rollouts on the set's training rows, rewarded against their outputs (tasks/arc/rl.py)
+        from ..tasks.arc.rl import dev_pass2, load_rollouts
+        if cfg.curriculum != "none":
+            raise ValueError("rl.curriculum rating orders Sudoku puzzles by the exact solver's rating; ARC has none: "
+                             "set rl.curriculum: none")
+        arc_rows = load_rollouts(data_dir, model)
+        n_train = arc_rows.size
+    else:
+        train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
+        if train.shape.cells != codec.teacher.cells:
+            raise ValueError(f"size mismatch: {tdrm_path} models {codec.teacher.cells}-cell boards, "
+                             f"{data_dir} holds {train.shape.cells}-cell puzzles")
+        n_train = len(train)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(params.common.seed + RL_RANK_SEED * world.rank)
     update = UPDATES[cfg.estimator]
@@ -168,10 +208,15 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
                 print(f"resuming from {resume_path} at step {step}")
         elif world.main:
             print(f"ignoring {resume_path}: it belongs to another config or model")
-    val_set = val.take(np.arange(min(cfg.val_limit, len(val))))
+    val_set = None if task == "arc" else val.take(np.arange(min(cfg.val_limit, len(val))))
 
     def val_accuracy() -> float:
+        """Sudoku: exact accuracy on the first rl.val_limit validation puzzles; ARC: pass@2 on the dev
+        tasks (every rank computes it: the sampler's draws do not split over ranks there)."""
         model.eval()
+        if task == "arc":
+            return dev_pass2(model, codec, schedule, arc_rows.arc, cfg.sample_steps,
+                             params.common.seed + VALIDATION_SAMPLING, params.evaluate.batch_size, device)
         r = evaluate_tdrm(model, codec, schedule, val_set, sampler="ddim", steps=cfg.sample_steps, eta=0.0,
                           samples=1, seed=params.common.seed + VALIDATION_SAMPLING,
                           batch_size=params.evaluate.batch_size, device=device, world=world)
@@ -196,7 +241,14 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
 
     def epoch_order(e: int) -> np.ndarray:
         rng = stream(params.common.seed, RL_ORDER, e)
-        return rng.permutation(len(train)) if weights is None else weighted_order(weights, rng)
+        return rng.permutation(n_train) if weights is None else weighted_order(weights, rng)
+
+    def roll(ids: np.ndarray) -> tuple[Batch | None, dict]:
+        """The rollout batch of the training rows `ids` (Sudoku puzzles or ARC training rows)."""
+        if task == "arc":
+            return arc_rollout_batch(model, codec, schedule, arc_rows.tokens(ids), arc_rows.labels(ids), cfg, gen,
+                                     device)
+        return rollout_batch(model, codec, schedule, train.puzzles[ids], train.shape, cfg, gen, device)
 
     def draw(n: int) -> np.ndarray:
         """The next n puzzles of the epoch stream (a new epoch when this one is used up)."""
@@ -212,8 +264,7 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
         """This rank's rollout batch; with rl.filter_groups, groups without reward variance are replaced
         by fresh puzzles for up to rl.max_rollout_rounds rounds in all (each round's rollouts counted):
         every round draws the global shortfall and each rank takes its own."""
-        batch, stats = rollout_batch(model, codec, schedule, train.puzzles[draw(cfg.puzzles)[rows(cfg.puzzles, world)]],
-                                     train.shape, cfg, gen, device)
+        batch, stats = roll(draw(cfg.puzzles)[rows(cfg.puzzles, world)])
         stats["rollout_puzzles"] = local
         if not cfg.filter_groups or cfg.estimator == "rft":
             return batch, stats
@@ -229,8 +280,7 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
             rounds += 1
             if not more:
                 continue
-            b, st = rollout_batch(model, codec, schedule, train.puzzles[ids[first:first + more]], train.shape, cfg,
-                                  gen, device)
+            b, st = roll(ids[first:first + more])
             stats["rollout_puzzles"] += more
             stats["refilled_groups"] = stats.get("refilled_groups", 0) + st["groups"] - st["skipped_groups"]
             for k in ("skipped_groups", "groups", "trained_samples"):
@@ -285,6 +335,12 @@ def before_after(params: Params, tdrm_path, rl_path, data_dir, device, progress:
     `rl.eval_steps` sampling steps, with CIs; the paired test at the rollout setting. Under torchrun
     every rank evaluates its rows and gets the gathered result."""
     cfg = params.rl
+    if data_task(data_dir) == "arc":  # pass@2 on the test tasks, paired over test inputs (tasks/arc/rl.py)
+        from ..tasks.arc.dataset import load_set
+        from ..tasks.arc.rl import before_after_arc
+        models = {name: load_tdrm(path, device)[:3] for name, path in (("before", tdrm_path), ("after", rl_path))}
+        return before_after_arc(models, load_set(data_dir), sorted(set(cfg.eval_steps) | {cfg.sample_steps}),
+                                cfg.sample_steps, params.common.seed, params.evaluate.batch_size, device)
     test = load_split(data_dir, "test")
     if cfg.eval_limit is not None:
         test = test.take(np.arange(min(cfg.eval_limit, len(test))))

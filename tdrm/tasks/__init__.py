@@ -7,9 +7,9 @@ the directory they are given (a DVC dependency), so no other stage reads `data` 
 augmentations, scoring, the trivial baseline, the arrays a teacher with puzzle embeddings trains on
 (`arc/dataset.py`), its data source for `train_teacher` (`arc/teacher_data.py`) and its evaluation
 (`arc/evaluate.py`, which also scores a TDRM beside its teacher) and its traces (`arc/traces.py`).
-The `data`, `teacher`, `traces`, `distill`, `distill_control` and `evaluate` stages run both tasks;
-`rl` (its reward would be leave-one-out over a task's demonstrations, not built) and `report` are
-Sudoku's and refuse `arc` with a message (`require_task`).
+The `data`, `teacher`, `traces`, `distill`, `distill_control`, `evaluate` and `rl` stages run both
+tasks (ARC's RL rewards rollouts on the set's training rows against their outputs, `arc/rl.py`);
+`report` is Sudoku's and refuses `arc` with a message (`require_task`).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def require_task(data_dir: str | Path, stage: str, supported: tuple[str, ...] = 
     task = data_task(data_dir)
     if check_task(task) not in supported:
         raise TaskError(f"stage {stage} runs on data.task {' | '.join(supported)} only, got {task!r}: on ARC the "
-                        f"chain is data, teacher, traces, distill, distill_control and evaluate (`dvc repro "
-                        f"evaluate`); {stage} is not built for it")
+                        f"chain is data, teacher, traces, distill, distill_control, evaluate and rl; "
+                        f"{stage} is not built for it")
     return task
 
 

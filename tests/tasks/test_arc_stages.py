@@ -116,14 +116,64 @@ def test_the_tdrm_chain_runs_on_arc_and_reads_the_puzzle_ids(arc_chain):
     assert [r["sampling_steps"] for r in details["accuracy_by_sampling_steps"]] == [5]
 
 
-def test_rl_and_report_refuse_arc_data_by_name(arc_chain):
+def test_rl_runs_on_arc_training_rows_and_report_refuses_arc(arc_chain, monkeypatch):
+    """The rl stage on arc_tiny: rollouts on the set's training rows (never a held-out row), rewarded
+    against their outputs; the test tasks' pass@2 before and after RL, paired over test inputs.
+    The tiny denoiser's 4 samples of a row decode to one canvas (no reward variance, nothing to
+    learn), so the reward seen by the update gets a per-sample offset; the real reward's labels are
+    recorded and must be training rows' outputs."""
+    import torch
+    import tdrm.tasks.arc.rl as arc_rl
+    from tdrm.checkpoint import load_tdrm
     from tdrm.pipeline import report_stage, rl_stage
+    from tdrm.tasks.arc.rl import load_rollouts
     d, params = arc_chain
-    with pytest.raises(TaskError, match="stage rl runs on data.task sudoku only, got 'arc'"):
-        rl_stage(str(params), str(d / "data"), str(d / "tdrm.pt"), str(d / "rl.pt"), str(d / "m_rl.json"), str(d))
+    seen, real = [], arc_rl.canvas_reward
+
+    def varied(pred, label, dense):
+        seen.append(label[::4].numpy())  # G = 4 copies of each row's label
+        return real(pred, label, dense) + 0.5 * (torch.arange(len(label)) % 2)
+    monkeypatch.setattr(arc_rl, "canvas_reward", varied)
+    arc = load_set(d / "data")
+    model, *_ = load_tdrm(d / "tdrm.pt")
+    rows = load_rollouts(d / "data", model)
+    assert rows.size == len(arc.train.inputs) and (rows.labels(np.arange(rows.size)) >= 0).all()
+    tok = rows.tokens(np.array([0, 3]))
+    assert np.array_equal(tok[:, :-1], arc.train.inputs[[0, 3]]) and np.array_equal(tok[:, -1], arc.train.puzzle_ids[[0, 3]])
+    (d / "rlplots").mkdir()
+    m = rl_stage(str(params), str(d / "data"), str(d / "tdrm.pt"), str(d / "rl.pt"), str(d / "m_rl.json"),
+                 str(d / "rlplots"), str(d / "ck"))
+    n = sum(len(v) for v in arc.truths["test"].values())
+    assert m["n"] == n and m["tasks"] == 4 and m["version"] == arc.version and m["train_steps"] == 4
+    p = m["paired_after_vs_before"]
+    solved_b, solved_a = m["before"]["inputs_solved@2"], m["after"]["inputs_solved@2"]
+    assert p["only_first"] - p["only_second"] == solved_a - solved_b  # the pairs are the same test inputs
+    assert [r["sampling_steps"] for r in m["accuracy_by_sampling_steps"]] == [4]
+    train_labels = {r.tobytes() for r in arc.train.labels.astype(np.int64)}
+    assert len(seen) == 4 and all(r.tobytes() in train_labels for b in seen for r in b)
+    before, _, _, _ = load_tdrm(d / "tdrm.pt")
+    after, _, _, ck = load_tdrm(d / "rl.pt")
+    assert ck["config"]["rl"]["puzzles"] == 4 and any(  # the policy moved
+        not torch.equal(a, b) for a, b in zip(after.state_dict().values(), before.state_dict().values()))
+    assert (d / "rlplots" / "rl.png").is_file() and (d / "rlplots" / "rl_train.csv").is_file()
     with pytest.raises(TaskError, match="stage report runs on data.task sudoku only"):
         report_stage(str(d), str(d), str(d / "data"), str(d / "teacher.pt"), str(d / "tdrm.pt"), str(d / "r.html"))
-    assert not (d / "rl.pt").exists()
+
+
+def test_arc_rl_refuses_a_model_of_another_set_and_the_rating_curriculum(arc_chain, tmp_path):
+    from tdrm.rl.train import train_rl
+    from tdrm.tasks.arc.rl import ArcRollouts
+    d, params = arc_chain
+    arc = load_set(d / "data")
+    with pytest.raises(ValueError, match=f"reads 7 puzzle embeddings, the ARC set has {arc.puzzles}"):
+        ArcRollouts(arc, 7)
+    from tdrm import config
+    p = config.load(params)
+    from dataclasses import replace
+    with pytest.raises(ValueError, match="set rl.curriculum: none"):
+        train_rl(replace(p, rl=replace(p.rl, curriculum="rating")), d / "tdrm.pt", d / "data", tmp_path / "x.pt",
+                 progress=False)
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_arc_traces_refuse_settings_they_would_ignore(arc_run, tmp_path, params_raw):
