@@ -72,11 +72,12 @@ def step_mean(schedule: Schedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: in
 class RowSlice:
     """A generator seen by one rank of a data-parallel job: every draw is made for the whole batch
     of `total` rows (so the generator advances as in one process) and the rows `rows` are kept:
-    rank r's samples get exactly the noise they get in a one-process run."""
+    rank r's samples get exactly the noise they get in a one-process run. `rows` may also be an
+    index tensor (best-of-N's later samples of the puzzles still without a valid board)."""
 
     generator: torch.Generator
     total: int
-    rows: slice
+    rows: slice | torch.Tensor
 
 
 def draw_normal(shape: tuple[int, ...], generator: torch.Generator | RowSlice) -> torch.Tensor:

@@ -28,7 +28,9 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
                   progress: bool = False, reference: torch.Tensor | None = None, world: World = SINGLE,
                   first: dict | None = None) -> dict:
     """Exact accuracy of the decoded final state; with `samples` > 1, the first sample whose board
-    passes the label-free validity check is kept. `codec` decodes (it holds the frozen teacher).
+    passes the label-free validity check is kept; a later sample runs the chain only on the puzzles
+    still without a valid board, drawing its noise for the whole batch (`_resample`), so the result
+    is the one of sampling every puzzle every time. `codec` decodes (it holds the frozen teacher).
     `reference`: the teacher's y states (M, K, N, D) at the cells of the same puzzles, for the
     cosine similarity of the first sample per step (of this rank's rows, `teacher_states`).
     Data parallel (`world`): rank r samples its rows `dist.rows` of every batch, with the noise
@@ -60,6 +62,10 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
             best = torch.as_tensor(first["boards"][sl], device=device).long()
             best_ok = valid_boards(p, best, ps.shape)
         for j in range(1 if first is not None else 0, samples):
+            if best is not None:  # a later sample: only the puzzles without a valid board yet
+                _resample(model, codec, schedule, p, tokens, best, best_ok, ps.shape, sampler=sampler, steps=steps,
+                          eta=eta, generator=gen, total=nb, mine=mine)
+                continue
             x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=g,
                          confidence=codec.cell_confidence)  # (B, R, L, C)
             y = codec.step_y(x)  # (B, K, N, D)
@@ -71,10 +77,6 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
                 if reference is not None:
                     ref = reference[local:local + len(y), -y.shape[1]:].to(y.device)
                     cos.append(cosine_per_step(y, ref).cpu().numpy() * len(y) if len(y) else np.zeros(y.shape[1]))
-            else:
-                take = ok & ~best_ok  # keep the first valid sample
-                best[take] = boards[take, -1]
-                best_ok |= ok
         local += len(p)
         exact.append(gather_rows((best == s).all(-1), world).cpu().numpy())
         if first is None:
@@ -99,6 +101,25 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
     elif first is not None and "per_step_cosine_to_teacher" in first:
         res["per_step_cosine_to_teacher"] = first["per_step_cosine_to_teacher"]
     return res
+
+
+def _resample(model, codec, schedule, p, tokens, best, best_ok, shape, *, sampler, steps, eta, generator,
+              total: int, mine: slice) -> None:
+    """One more sample of best-of-N, in place: the batch's draws are made whole (a `RowSlice` of the
+    batch's `total` rows), so the seed's stream advances exactly as when every puzzle is sampled, but
+    the chain runs only on this rank's rows (`mine`) whose kept board `best` is not yet valid;
+    a valid board found replaces the kept one. Puzzles with a valid board are never replaced, so
+    skipping them changes no result, only the cost (best of 4 on the default task: 1-2% of rows)."""
+    need = (~best_ok).nonzero().flatten()  # this rank's rows still without a valid board
+    rows = torch.arange(mine.start, mine.stop)[need.cpu()]  # their rows in the whole batch
+    x = generate(model, tokens[need], schedule, sampler=sampler, steps=steps, eta=eta,
+                 generator=RowSlice(generator, total, rows), confidence=codec.cell_confidence)  # (b', R, L, C)
+    if not len(need):
+        return
+    boards = logits_to_digits(codec.teacher.lm_head(codec.step_y(x)))[:, -1]  # (b', N) final boards
+    ok = valid_boards(p[need], boards, shape)
+    best[need[ok]] = boards[ok]
+    best_ok[need[ok]] = True
 
 
 def reuse_check(first: dict, *, n: int, sampler: str, steps: int, eta: float, seed: int, batch_size: int) -> None:

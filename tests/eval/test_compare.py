@@ -136,14 +136,61 @@ def test_best_of_n_takes_the_one_sample_run_as_its_first_sample(tmp_path, monkey
     calls[0] = 0
     best = ev.evaluate_tdrm(model, codec, sched, ps, samples=2, first=one, **common)
     assert calls[0] == 2  # two batches of 16, one chain each: the second sample only
-    # per batch: the first sample's boards (the one-sample run's), then the second sample's
-    assert [b.tolist() for b in seen] == [one["boards"][:16].tolist(), later[:16].tolist(),
-                                          one["boards"][16:].tolist(), later[16:].tolist()]
-    assert not np.array_equal(later, one["boards"])  # the second sample is a new draw
     first_ok, second_ok = one["boards"][:, 0] % 2 == 0, later[:, 0] % 2 == 0
+    assert 0 < first_ok.sum() < 32  # some puzzles need the second sample, some do not
+    # per batch: the first sample's boards (the one-sample run's), then the second sample's, of the
+    # puzzles whose first board failed the check only
+    want = []
+    for h in (slice(0, 16), slice(16, 32)):
+        want += [one["boards"][h].tolist(), later[h][~first_ok[h]].tolist()]
+    assert [b.tolist() for b in seen] == want
+    assert not np.array_equal(later, one["boards"])  # the second sample is a new draw
     assert best["valid_fraction"] == float((first_ok | second_ok).mean()) > float(first_ok.mean())
     assert np.array_equal(best["boards"], one["boards"])
     assert best["per_step_exact_accuracy_first_sample"] == one["per_step_exact_accuracy_first_sample"]
     for bad in ({"seed": 1}, {"batch_size": 8}, {"eta": 1.0}):
         with pytest.raises(ValueError, match="first-sample result is reused only"):
             ev.evaluate_tdrm(model, codec, sched, ps, samples=2, first=one, **{**common, **bad})
+
+
+def test_best_of_n_later_samples_run_only_unsolved_puzzles_with_the_whole_batch_draws(tmp_path, monkeypatch):
+    """Best of 3 at DDIM eta 0.5 (a draw at every step): each later sample runs the chain only on
+    the puzzles without a valid board yet, and their boards are exactly those of sampling the whole
+    batch every time from the same generator (the old cost), so the seed's stream and the result
+    are unchanged."""
+    import torch
+    import tdrm.eval.tdrm as ev
+    from tdrm.checkpoint import load_tdrm
+    from tdrm.data.board import logits_to_digits, to_tokens
+    from tdrm.data.dataset import load_split
+    from tdrm.diffusion.sampling import generate
+    from tdrm.train.distill import train_distill
+    from tests.conftest import tiny_params, tiny_traces
+    teacher = tiny_traces(tmp_path, 30, 20)
+    train_distill(tiny_params({"distill": {"steps": 5, "eval_every": 0}}), tmp_path / "tr", teacher,
+                  tmp_path / "tdrm.pt", progress=False)
+    model, codec, sched, _ = load_tdrm(tmp_path / "tdrm.pt")
+    ps = load_split(tmp_path, "test").take(list(range(24)))
+    seen, rows = [], []
+    monkeypatch.setattr(ev, "valid_boards", lambda p, b, shape: (seen.append(b.clone()), b[:, 0] % 2 == 0)[1])
+    real_generate = ev.generate
+    monkeypatch.setattr(ev, "generate", lambda m, tok, *a, **k: (rows.append(len(tok)), real_generate(m, tok, *a, **k))[1])
+    common = dict(sampler="ddim", steps=3, eta=0.5, seed=0, batch_size=16)
+    res = ev.evaluate_tdrm(model, codec, sched, ps, samples=3, **common)
+    # the old cost: every puzzle sampled 3 times, the draws in batch order from one generator
+    gen, want, kept_ok, want_rows = torch.Generator().manual_seed(0), [], [], []
+    for sl in (slice(0, 16), slice(16, 24)):
+        tokens = torch.as_tensor(to_tokens(ps.puzzles[sl]))
+        ok = torch.zeros(len(tokens), dtype=torch.bool)
+        for j in range(3):
+            want_rows.append(len(tokens) if j == 0 else int((~ok).sum()))
+            x = generate(model, tokens, sched, sampler="ddim", steps=3, eta=0.5, generator=gen,
+                         confidence=codec.cell_confidence)
+            boards = logits_to_digits(codec.teacher.lm_head(codec.step_y(x)))[:, -1]
+            if j == 0 or not bool(ok.all()):  # no chain (and no check) once every board is valid
+                want.append(boards if j == 0 else boards[~ok])
+            ok |= boards[:, 0] % 2 == 0
+        kept_ok.append(ok)
+    assert [b.tolist() for b in seen] == [b.tolist() for b in want]
+    assert rows == want_rows and sum(rows) < 3 * 24  # later samples: only the puzzles still without a valid board
+    assert res["valid_fraction"] == float(torch.cat(kept_ok).float().mean())
