@@ -111,7 +111,7 @@ def load_tdrm(path: str | Path, device="cpu", ema: bool = True):
     layout = Layout(**ck["layout"]) if "layout" in ck else Layout.of(dcfg.state, teacher.cfg,
                                                                      ck["traces_header"]["config"])
     stdz = Standardizer(ck["stats"]["mean"], ck["stats"]["std"])
-    schedule = make_schedule(dcfg.schedule, dcfg.T, dcfg.shift)
+    schedule = make_schedule(dcfg.schedule, dcfg.T, dcfg.shift, dcfg.spacing)
     # init teacher only seeds the weights; the checkpoint's own weights are loaded next
     model = build_denoiser(replace(dcfg, denoiser=replace(dcfg.denoiser, init="random")), k, l, c, tinfo["vocab"],
                            layout.prefix, teacher=teacher, stdz=stdz, schedule=schedule).to(device)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -30,7 +31,7 @@ def cmd_eval(a) -> int:
     device = resolve_device(a.device)
     kind = load_checkpoint(a.checkpoint).get("kind")
     if kind != "tdrm":
-        given = [f"--{o}" for o in ("sampler", "eta", "samples", "seed") if getattr(a, o) is not None]
+        given = [f"--{o}" for o in ("sampler", "eta", "samples", "seed", "spacing") if getattr(a, o) is not None]
         if given:
             raise ValueError(f"{' '.join(given)} apply to TDRM checkpoints; {a.checkpoint} holds a "
                              f"{kind or 'teacher'} model")
@@ -38,6 +39,8 @@ def cmd_eval(a) -> int:
         raise ValueError("--eta applies to the ddim sampler; ddpm always samples at eta 1")
     elif a.eta is not None and a.eta < 0:
         raise ValueError(f"--eta must be >= 0, got {a.eta}")
+    elif a.spacing is not None and a.spacing <= 0:
+        raise ValueError(f"--spacing must be > 0, got {a.spacing}")
     ps = load_puzzles(a.puzzles, limit=a.limit, skip_bad=a.skip_bad)
     if ps.skipped:
         print(f"skipped {ps.skipped} bad rows", file=sys.stderr)
@@ -59,7 +62,8 @@ def cmd_eval(a) -> int:
         rows.insert(3, ("per step exact", " ".join(f"{v:.3f}" for v in res["per_step_exact_accuracy"])))
         rows += [(f"rating {k}", f"{v['exact_accuracy']:.4f} (n={v['n']})") for k, v in res["by_rating"].items()]
     else:
-        rows.insert(2, ("sampler", f"{res['sampler']} steps={res['steps']} eta={res['eta']} samples={res['samples']}"))
+        rows.insert(2, ("sampler", f"{res['sampler']} steps={res['steps']} eta={res['eta']} "
+                                   f"spacing={res['spacing']} samples={res['samples']}"))
         rows.insert(3, ("valid fraction", f"{res['valid_fraction']:.4f}"))
     print(_table(rows))
     if a.out:
@@ -77,6 +81,11 @@ def _eval_tdrm(a, ps, device) -> dict:
         raise ValueError(f"size mismatch: the checkpoint models {ck['teacher']['cells']}-cell boards "
                          f"but {a.puzzles} has {ps.shape.cells}-cell puzzles")
     d = ck["config"]["distill"]
+    if a.spacing is not None:
+        if d.get("row_noise", "shared") != "shared":
+            raise ValueError(f"--spacing spaces the shared-level sampler's calls; {a.checkpoint} was trained with "
+                             f"row_noise {d['row_noise']!r}, which samples on its own schedule")
+        schedule = dataclasses.replace(schedule, spacing=a.spacing)
     sampler = a.sampler or d["sampler"]
     eta = 1.0 if sampler == "ddpm" else (d["eta"] if a.eta is None else a.eta)  # what runs is what is recorded
     return evaluate_tdrm(model, codec, schedule, ps, sampler=sampler,
@@ -302,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "TDRM: sampling steps (default from the checkpoint)")
     e.add_argument("--sampler", choices=["ddim", "ddpm"], help="TDRM sampler (default from the checkpoint)")
     e.add_argument("--eta", type=float, help="TDRM DDIM eta (default from the checkpoint)")
+    e.add_argument("--spacing", type=float, help="TDRM time spacing power of the sampler's calls, 1 = even "
+                   "(default from the checkpoint)")
     e.add_argument("--samples", type=int, help="TDRM samples per puzzle, first valid one kept")
     e.add_argument("--seed", type=int, help="TDRM sampling seed (default: the run's seed)")
     e.add_argument("--raw", action="store_true", help="use raw weights instead of EMA")

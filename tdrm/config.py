@@ -179,6 +179,7 @@ class Distill:
     self_correct_prob: float = 0.0  # share of batches noised from the model's own (detached) prediction
     chain_prob: float = 0.0  # share of steps that advance the chain carry: the model's own sampling chains (issue 13)
     sampler: str = "ddim"  # ddim | ddpm: evaluation defaults, stored in the checkpoint
+    spacing: float = 1.0  # the sampler's time spacing t_i = 1 + (T-1)(1 - i/(S-1))^spacing (1 = even; shared level only)
     sample_steps: int = 20
     eta: float = 0.0
     samples: int = 1

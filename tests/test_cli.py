@@ -104,6 +104,7 @@ def _err(capsys) -> str:
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--sampler", "ddpm", "--eta", "0.5"], "--eta applies to the ddim sampler"),
     (["--eta", "-0.1"], "--eta must be >= 0"),
+    (["--spacing", "0"], "--spacing must be > 0"),
 ])
 def test_eval_refuses_meaningless_tdrm_options(tiny_tdrm, capsys, args, msg):
     assert main(["eval", "--checkpoint", str(tiny_tdrm / "tdrm.pt"), "--puzzles", str(tiny_tdrm / "test.csv"),
@@ -125,6 +126,10 @@ def test_eval_records_what_ran(tiny_tdrm, tmp_path):
     ck = torch.load(tiny_tdrm / "tdrm.pt", weights_only=False)
     assert all(torch.equal(v, ck["model"][k]) for k, v in raw.state_dict().items())
     assert any(not torch.equal(v, ck["model"][k]) for k, v in ema.state_dict().items())
+    assert res["spacing"] == ck["config"]["distill"]["spacing"]  # the checkpoint's
+    assert main(["eval", "--checkpoint", str(tiny_tdrm / "tdrm.pt"), "--puzzles", str(tiny_tdrm / "test.csv"),
+                 "--spacing", "0.5", "--limit", "5", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["spacing"] == 0.5
 
 
 def test_eval_and_solve_refuse_the_wrong_kind_of_checkpoint(tiny_tdrm, capsys):

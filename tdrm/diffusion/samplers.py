@@ -36,11 +36,19 @@ class Sample:
 
 
 def timesteps(schedule: Schedule, steps: int | None) -> list[int]:
-    """Descending steps T = t_0 > ... > t_{S-1} >= 1, evenly spaced (DDIM's subsequence)."""
+    """Descending steps T = t_0 > ... > t_{S-1} >= 1 (DDIM's subsequence): t_i = 1 + (T - 1)
+    (1 - i / (S - 1))^p with p = `schedule.spacing`; p = 1 spaces them evenly, p < 1 spends more of
+    the calls at the noisy end, where the board is decided (p = 0.5: t = 200, 195, 189, ... for
+    T = 200, S = 20, against 200, 190, 179, ...). Steps that round to the same level are merged."""
     s = schedule.T if steps is None else steps
     if not 1 <= s <= schedule.T:
         raise ValueError(f"sampling steps must be in 1..{schedule.T}, got {s}")
-    ts = torch.linspace(schedule.T, 1, s).round().long().tolist()
+    p = schedule.spacing
+    if p == 1.0 or s == 1:
+        ts = torch.linspace(schedule.T, 1, s).round().long().tolist()
+    else:
+        u = torch.linspace(0, 1, s, dtype=torch.float64)  # 0 = the first (noisiest) call
+        ts = (1 + (schedule.T - 1) * (1 - u) ** p).round().long().tolist()
     return list(dict.fromkeys(ts))
 
 

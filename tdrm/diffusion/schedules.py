@@ -30,6 +30,7 @@ class Schedule:
 
     alpha_bar: torch.Tensor  # (T+1,) float64
     name: str
+    spacing: float = 1.0  # the power of the samplers' time spacing (`samplers.timesteps`): 1 = even
 
     @property
     def T(self) -> int:
@@ -44,10 +45,13 @@ def shift_snr(alpha_bar: torch.Tensor, scale: float) -> torch.Tensor:
     return alpha_bar / (alpha_bar + scale ** 2 * (1 - alpha_bar))
 
 
-def make_schedule(name: str, T: int, shift: float = 1.0) -> Schedule:
-    """alpha_bar over T+1 steps; `shift` scales the noise (see shift_snr), 1 = the plain schedule."""
+def make_schedule(name: str, T: int, shift: float = 1.0, spacing: float = 1.0) -> Schedule:
+    """alpha_bar over T+1 steps; `shift` scales the noise (see shift_snr), 1 = the plain schedule;
+    `spacing` is the power of the samplers' time spacing (`samplers.timesteps`), 1 = even."""
     if shift <= 0:
         raise ValueError(f"the schedule shift must be > 0, got {shift}")
+    if spacing <= 0:
+        raise ValueError(f"the sampling time spacing must be > 0, got {spacing}")
     if name not in SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {name!r}")
     if T < 1:
@@ -57,7 +61,7 @@ def make_schedule(name: str, T: int, shift: float = 1.0) -> Schedule:
     ab[0] = 1.0
     ab[1:] = ab[1:].clamp(min=1e-6, max=1 - 1e-6)  # keep every noised step strictly noisy
     ab = torch.minimum(ab, torch.cummin(ab, 0).values)  # monotone non-increasing
-    return Schedule(ab, name)
+    return Schedule(ab, name, float(spacing))
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,8 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
     per-puzzle arrays (drop them before writing JSON)."""
     gen = torch.Generator().manual_seed(seed)
     if first is not None:
-        reuse_check(first, n=len(ps), sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size)
+        reuse_check(first, n=len(ps), sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
+                    spacing=schedule.spacing)
         for nb, mine, _ in batch_shares(len(ps), batch_size, world):  # the one-sample call's draws, in its order
             draw_normal((mine.stop - mine.start, model.K, model.L, model.C), RowSlice(gen, nb, mine)
                         if world.distributed else gen)
@@ -92,7 +93,8 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
            "valid_fraction": float(np.concatenate(picked_valid).mean()),
            "per_step_exact_accuracy_first_sample": (first["per_step_exact_accuracy_first_sample"] if first is not None
                                                     else [float(v) for v in np.concatenate(per_step).mean(0)]),
-           "sampler": sampler, "steps": steps, "eta": eta, "samples": samples, "seed": seed, "batch_size": batch_size,
+           "sampler": sampler, "steps": steps, "eta": eta, "spacing": schedule.spacing, "samples": samples, "seed": seed,
+           "batch_size": batch_size,
            "network_evals_per_puzzle": steps * samples, "seconds": seconds,
            "puzzles_per_second": n / max(seconds, 1e-9), "correct": exact,
            "boards": first["boards"] if first is not None else np.concatenate(firsts)}
@@ -122,11 +124,12 @@ def _resample(model, codec, schedule, p, tokens, best, best_ok, shape, *, sample
     best_ok[need[ok]] = True
 
 
-def reuse_check(first: dict, *, n: int, sampler: str, steps: int, eta: float, seed: int, batch_size: int) -> None:
+def reuse_check(first: dict, *, n: int, sampler: str, steps: int, eta: float, seed: int, batch_size: int,
+                spacing: float = 1.0) -> None:
     """Raise ValueError unless `first` (an `evaluate_tdrm` result) can stand in for the first sample
-    of a call with these settings: one sample of the same n puzzles, seed, steps and batch size, DDIM
-    at eta 0 on both sides (a stochastic chain draws more than its starting noise)."""
-    want = {"n": n, "samples": 1, "sampler": "ddim", "steps": steps, "eta": 0.0, "seed": seed}
+    of a call with these settings: one sample of the same n puzzles, seed, steps, time spacing and batch
+    size, DDIM at eta 0 on both sides (a stochastic chain draws more than its starting noise)."""
+    want = {"n": n, "samples": 1, "sampler": "ddim", "steps": steps, "eta": 0.0, "seed": seed, "spacing": spacing}
     have = {k: first.get(k) for k in want}
     if sampler != "ddim" or eta != 0.0 or have != want or first.get("batch_size") != batch_size \
             or "boards" not in first:

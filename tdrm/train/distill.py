@@ -69,6 +69,11 @@ def check_arms(cfg) -> None:
                          f"got {cfg.row_noise!r}")
     if cfg.sampler == "ddpm" and cfg.eta != 1.0:
         raise ValueError(f"distill.sampler ddpm samples at eta 1; got distill.eta {cfg.eta} (use ddim for other values)")
+    if cfg.spacing <= 0:
+        raise ValueError(f"distill.spacing must be > 0, got {cfg.spacing}")
+    if cfg.spacing != 1.0 and cfg.row_noise != "shared":
+        raise ValueError(f"distill.spacing spaces the shared-level sampler's calls; row_noise {cfg.row_noise!r} "
+                         f"samples on its own schedule (set spacing: 1)")
     if cfg.sample_steps < 1:
         raise ValueError(f"distill.sample_steps must be >= 1, got {cfg.sample_steps}")
     if cfg.denoiser.latent_cond and not cfg.denoiser.self_cond:
@@ -169,7 +174,7 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     codec = Codec(teacher, layout, stdz, projection)
     if cfg.dynamics_weight:
         codec.check_dynamics()
-    schedule = make_schedule(cfg.schedule, cfg.T, cfg.shift)
+    schedule = make_schedule(cfg.schedule, cfg.T, cfg.shift, cfg.spacing)
     if cfg.denoiser.arch == "move" and projection is not None:
         raise ValueError("denoiser arch move needs unprojected traces (traces.projection: none)")
     model = build_denoiser(cfg, k, l, c, teacher.vocab, layout.prefix, teacher=teacher, stdz=stdz,

@@ -107,6 +107,29 @@ def test_ddim_with_eta_and_strided_steps():
         timesteps(s, 0)
 
 
+def test_time_spacing_spends_the_calls_at_the_noisy_end_and_stays_exact_with_an_oracle():
+    """spacing 1 is the even DDIM subsequence (the old one, exactly); spacing 0.5 keeps T first and 1
+    last, descending, with smaller gaps at the noisy end; with an oracle x0 the chain still lands
+    exactly on it; spacing <= 0 is refused."""
+    even, half = make_schedule("cosine", 200), make_schedule("cosine", 200, spacing=0.5)
+    assert even.spacing == 1.0 and timesteps(even, 20) == torch.linspace(200, 1, 20).round().long().tolist()
+    ts = timesteps(half, 20)
+    assert ts[:3] == [200, 195, 189] and ts[-1] == 1 and len(ts) == 20
+    assert all(a > b for a, b in zip(ts, ts[1:]))
+    gaps, even_gaps = [a - b for a, b in zip(ts, ts[1:])], [a - b for a, b in zip(timesteps(even, 20), timesteps(even, 20)[1:])]
+    assert gaps[0] < even_gaps[0] and gaps[-1] > even_gaps[-1]
+    assert timesteps(make_schedule("cosine", 200, spacing=0.5), 4) == [200, 163, 116, 1]
+    assert timesteps(half, 1) == [200]
+    x0 = torch.randn(1, 3, 4, generator=torch.Generator().manual_seed(0))
+    out = sample_ddim(Oracle(x0), torch.randn(2, 3, 4), half, generator=torch.Generator().manual_seed(1), steps=7,
+                      return_path=True)
+    assert [st.t for st in out.path] == timesteps(half, 7)
+    assert torch.allclose(out.x0, x0.expand_as(out.x0), atol=1e-5)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="time spacing must be > 0"):
+            make_schedule("cosine", 200, spacing=bad)
+
+
 def test_stochastic_window_makes_only_its_steps_random():
     """Flow-GRPO's SDE window: steps start..end-1 are DDIM at eta with exact log-probs, the others
     DDIM's deterministic step (sigma 0, no log-prob); the window over every step is the plain sampler."""

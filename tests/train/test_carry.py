@@ -129,7 +129,7 @@ def test_training_on_the_carry_feeds_each_call_the_last_calls_step(setup, monkey
     monkeypatch.setattr(Denoiser, "forward", fwd)
     train_distill(p, d / "tr", teacher, d / "carry.pt", progress=False)
     assert len(calls) == 6 and all(c[0] for c in calls)
-    sched = make_schedule("cosine", 50, 1.0)
+    sched = make_schedule("cosine", 50, 1.0, p.distill.spacing)  # the sampler's levels, as trained
     levels = chain.chain_levels(sched, 5)
     assert calls[0][2].tolist() == [int(levels[i % 5]) for i in range(32)]  # staggered start
     for (_, x, t, _, est, _, hid), (_, x_next, t_next, prev_next, _, h_next, _) in zip(calls, calls[1:]):

@@ -133,12 +133,13 @@ def test_distill_refuses_settings_it_cannot_compute(setup, tmp_path):
                           progress=False)
 
 
-ARMS = [{"row_noise": "rolling", "row_lag": 1.0}, {"row_noise": "independent", "row_lag": 0.5},
+ARMS = [{"row_noise": "rolling", "row_lag": 1.0, "spacing": 1.0}, {"row_noise": "independent", "row_lag": 0.5, "spacing": 1.0},
         {"ce_rows": "all"}, {"self_correct_prob": 1.0}, {"denoiser": {**DISTILL["denoiser"], "recur": 2}},
-        {"row_noise": "rolling", "row_lag": 0.5, "ce_rows": "all", "self_correct_prob": 0.5},
+        {"spacing": 0.7},
+        {"row_noise": "rolling", "row_lag": 0.5, "ce_rows": "all", "self_correct_prob": 0.5, "spacing": 1.0},
         {"self_correct_prob": 0.5, "chain_prob": 0.3,
          "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True}},
-        {"row_noise": "cells", "cell_window": 0.3, "ce_rows": "all", "self_correct_prob": 0.5,
+        {"row_noise": "cells", "cell_window": 0.3, "ce_rows": "all", "self_correct_prob": 0.5, "spacing": 1.0,
          "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True}}]
 
 
@@ -162,6 +163,7 @@ def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, 
     assert model.cell_window == (arm["cell_window"] if arm.get("row_noise") == "cells" else None)
     assert model.cfg.recur == arm.get("denoiser", {}).get("recur", 1)
     assert model.cfg.latent_cond == arm.get("denoiser", {}).get("latent_cond", False)
+    assert sched.spacing == arm.get("spacing", p.distill.spacing)  # the sampler's time spacing travels with the checkpoint
     res = evaluate_tdrm(model, codec, sched, load_split(d, "val"), sampler="ddim", steps=6, eta=0.0, samples=1, seed=0)
     assert res["n"] == 30 and len(res["per_step_exact_accuracy_first_sample"]) == teacher.cfg.n_sup
     if arm.get("row_noise", "shared") != "shared":  # RL on the per-row / per-cell chain, its own form of levels
@@ -219,7 +221,9 @@ def test_issue13_switches_refuse_bad_values(setup, tmp_path):
     for over, msg in [({"row_noise": "diagonal"}, "row_noise"), ({"row_noise": "rolling", "row_lag": 2.0}, "row_lag"),
                       ({"ce_rows": "some"}, "ce_rows"), ({"self_correct_prob": 1.5}, "self_correct_prob"),
                       ({"row_noise": "cells", "cell_window": 0.0}, "cell_window"),
-                      ({"row_noise": "cells", "chain_prob": 0.5}, "needs row_noise shared")]:
+                      ({"row_noise": "cells", "chain_prob": 0.5}, "needs row_noise shared"),
+                      ({"spacing": 0.0}, "distill.spacing must be > 0"),
+                      ({"row_noise": "cells", "spacing": 0.5}, "samples on its own schedule")]:
         with pytest.raises(ValueError, match=msg):
             train_distill(tiny_params({"distill": {**DISTILL, **over}}), d / "tr", teacher, tmp_path / "x.pt",
                           progress=False)
@@ -230,7 +234,7 @@ def test_bench_tdrm_table_pairs_checkpoints_with_their_teacher(setup, tmp_path, 
     diagnosis and paired tests; the rolling-schedule checkpoint makes as many calls as asked."""
     from tdrm.cli import bench_main
     p, d, teacher = setup
-    for name, arm in (("a", {}), ("b", {"row_noise": "rolling", "row_lag": 1.0})):
+    for name, arm in (("a", {}), ("b", {"row_noise": "rolling", "row_lag": 1.0, "spacing": 1.0})):
         train_distill(tiny_params({"distill": {**DISTILL, "steps": 10, "eval_every": 0, **arm}}), d / "tr", teacher,
                       tmp_path / f"{name}.pt", progress=False)
     out = tmp_path / "b.json"
