@@ -128,8 +128,8 @@ def test_eval_records_what_ran(tiny_tdrm, tmp_path):
     assert any(not torch.equal(v, ck["model"][k]) for k, v in ema.state_dict().items())
     assert res["spacing"] == ck["config"]["distill"]["spacing"]  # the checkpoint's
     assert main(["eval", "--checkpoint", str(tiny_tdrm / "tdrm.pt"), "--puzzles", str(tiny_tdrm / "test.csv"),
-                 "--spacing", "0.5", "--limit", "5", "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["spacing"] == 0.5
+                 "--spacing", "0.7", "--limit", "5", "--out", str(out)]) == 0
+    assert res["spacing"] != 0.7 and json.loads(out.read_text())["spacing"] == 0.7  # the override is what ran
 
 
 def test_eval_and_solve_refuse_the_wrong_kind_of_checkpoint(tiny_tdrm, capsys):

@@ -151,6 +151,10 @@ def test_best_of_n_takes_the_one_sample_run_as_its_first_sample(tmp_path, monkey
     for bad in ({"seed": 1}, {"batch_size": 8}, {"eta": 1.0}):
         with pytest.raises(ValueError, match="first-sample result is reused only"):
             ev.evaluate_tdrm(model, codec, sched, ps, samples=2, first=one, **{**common, **bad})
+    import dataclasses
+    with pytest.raises(ValueError, match="first-sample result is reused only"):  # another time spacing
+        ev.evaluate_tdrm(model, codec, dataclasses.replace(sched, spacing=sched.spacing / 2), ps, samples=2,
+                         first=one, **common)
 
 
 def test_best_of_n_later_samples_run_only_unsolved_puzzles_with_the_whole_batch_draws(tmp_path, monkeypatch):
