@@ -58,26 +58,24 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
         s = torch.as_tensor(ps.solutions[sl], device=device).long()
         tokens = torch.as_tensor(to_tokens(ps.puzzles[sl]), device=device)
         g = RowSlice(gen, nb, mine) if world.distributed else gen
-        best, best_ok, steps_right = None, None, None
+        steps_right = None
         if first is not None:  # the first sample: the one-sample call's boards
             best = torch.as_tensor(first["boards"][sl], device=device).long()
             best_ok = valid_boards(p, best, ps.shape)
-        for j in range(1 if first is not None else 0, samples):
-            if best is not None:  # a later sample: only the puzzles without a valid board yet
-                _resample(model, codec, schedule, p, tokens, best, best_ok, ps.shape, sampler=sampler, steps=steps,
-                          eta=eta, generator=gen, total=nb, mine=mine)
-                continue
+        else:  # the first sample: the whole batch
             x = generate(model, tokens, schedule, sampler=sampler, steps=steps, eta=eta, generator=g,
                          confidence=codec.cell_confidence)  # (B, R, L, C)
             y = codec.step_y(x)  # (B, K, N, D)
             boards = logits_to_digits(codec.teacher.lm_head(y))  # (B, K, N) digits
-            ok = valid_boards(p, boards[:, -1], ps.shape)
-            if best is None:
-                best, best_ok, steps_right = boards[:, -1].clone(), ok.clone(), (boards == s[:, None]).all(-1)
-                first_boards = boards[:, -1]
-                if reference is not None:
-                    ref = reference[local:local + len(y), -y.shape[1]:].to(y.device)
-                    cos.append(cosine_per_step(y, ref).cpu().numpy() * len(y) if len(y) else np.zeros(y.shape[1]))
+            first_boards = boards[:, -1]
+            best, best_ok = first_boards.clone(), valid_boards(p, first_boards, ps.shape)
+            steps_right = (boards == s[:, None]).all(-1)
+            if reference is not None:
+                ref = reference[local:local + len(y), -y.shape[1]:].to(y.device)
+                cos.append(cosine_per_step(y, ref).cpu().numpy() * len(y) if len(y) else np.zeros(y.shape[1]))
+        for _ in range(1, samples):  # later samples: only the puzzles without a valid board yet
+            _resample(model, codec, schedule, p, tokens, best, best_ok, ps.shape, sampler=sampler, steps=steps,
+                      eta=eta, generator=gen, total=nb, mine=mine)
         local += len(p)
         exact.append(gather_rows((best == s).all(-1), world).cpu().numpy())
         if first is None:
