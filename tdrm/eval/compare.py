@@ -103,6 +103,7 @@ def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, devic
         metrics["best_of_n"] = {"samples": cfg.best_of, "eta": cfg.best_of_eta, "steps": d["sample_steps"],
                                 "exact_accuracy": r["exact_accuracy"], "ci95": r["ci95"],
                                 "valid_fraction": r["valid_fraction"],
+                                "network_evals_per_puzzle": r["network_evals_per_puzzle"],
                                 "single_sample_exact_accuracy": one["exact_accuracy"],
                                 "paired_vs_single": mcnemar_exact(list(r["correct"]), list(one["correct"]))}
     per_step_rows = [{"step": i + 1, "teacher_exact_accuracy": t, "tdrm_exact_accuracy": g, "cosine_to_teacher": c}

@@ -40,6 +40,8 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
     size, at DDIM eta 0 (whose only draw is the starting noise, `reuse_check`): its boards are the
     first of the `samples` draws (not sampled again), and the others continue the seed's stream
     after that call's draws, so the first sample of best-of-N is exactly the one-sample result.
+    `network_evals_per_puzzle`: the denoiser calls per puzzle, averaged over the puzzles as run
+    (steps x the chains each puzzle needed); `network_evals_per_puzzle_max` = steps x samples.
     The result's `correct` (M,) bool and `boards` (M, N) final boards of the first sample are
     per-puzzle arrays (drop them before writing JSON)."""
     gen = torch.Generator().manual_seed(seed)
@@ -49,7 +51,7 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
         for nb, mine, _ in batch_shares(len(ps), batch_size, world):  # the one-sample call's draws, in its order
             draw_normal((mine.stop - mine.start, model.K, model.L, model.C), RowSlice(gen, nb, mine)
                         if world.distributed else gen)
-    exact, per_step, picked_valid, cos, firsts = [], [], [], [], []
+    exact, per_step, picked_valid, cos, firsts, drawn = [], [], [], [], [], []
     t0 = time.perf_counter()
     local = 0  # this rank's rows so far (its rows of `reference`)
     for nb, mine, sl in tqdm(list(batch_shares(len(ps), batch_size, world)), desc="eval tdrm",
@@ -73,15 +75,17 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
             if reference is not None:
                 ref = reference[local:local + len(y), -y.shape[1]:].to(y.device)
                 cos.append(cosine_per_step(y, ref).cpu().numpy() * len(y) if len(y) else np.zeros(y.shape[1]))
+        chains = torch.ones(len(p), device=p.device)  # (b,) chains run per puzzle (the first sample's, reused or not)
         for _ in range(1, samples):  # later samples: only the puzzles without a valid board yet
-            _resample(model, codec, schedule, p, tokens, best, best_ok, ps.shape, sampler=sampler, steps=steps,
-                      eta=eta, generator=gen, total=nb, mine=mine)
+            chains[_resample(model, codec, schedule, p, tokens, best, best_ok, ps.shape, sampler=sampler,
+                             steps=steps, eta=eta, generator=gen, total=nb, mine=mine)] += 1
         local += len(p)
         exact.append(gather_rows((best == s).all(-1), world).cpu().numpy())
         if first is None:
             per_step.append(gather_rows(steps_right.float(), world).cpu().numpy())
             firsts.append(gather_rows(first_boards.to(torch.int8), world).cpu().numpy())
         picked_valid.append(gather_rows(best_ok, world).cpu().numpy())
+        drawn.append(gather_rows(chains, world).cpu().numpy())
     if cos and world.distributed:  # per-rank sums of cosines -> the sum over all puzzles
         cos = [np.asarray(all_mean([float(v) for v in np.sum(cos, 0)], world)) * world.size]
     exact = np.concatenate(exact)
@@ -93,7 +97,8 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
                                                     else [float(v) for v in np.concatenate(per_step).mean(0)]),
            "sampler": sampler, "steps": steps, "eta": eta, "spacing": schedule.spacing, "samples": samples, "seed": seed,
            "batch_size": batch_size,
-           "network_evals_per_puzzle": steps * samples, "seconds": seconds,
+           "network_evals_per_puzzle": steps * float(np.concatenate(drawn).mean()),
+           "network_evals_per_puzzle_max": steps * samples, "seconds": seconds,
            "puzzles_per_second": n / max(seconds, 1e-9), "correct": exact,
            "boards": first["boards"] if first is not None else np.concatenate(firsts)}
     if cos:
@@ -109,17 +114,19 @@ def _resample(model, codec, schedule, p, tokens, best, best_ok, shape, *, sample
     batch's `total` rows), so the seed's stream advances exactly as when every puzzle is sampled, but
     the chain runs only on this rank's rows (`mine`) whose kept board `best` is not yet valid;
     a valid board found replaces the kept one. Puzzles with a valid board are never replaced, so
-    skipping them changes no result, only the cost (best of 4 on the default task: 1-2% of rows)."""
+    skipping them changes no result, only the cost (best of 4 on the default task: 1-2% of rows).
+    Returns the indices (of this rank's rows) that were sampled again."""
     need = (~best_ok).nonzero().flatten()  # this rank's rows still without a valid board
     rows = torch.arange(mine.start, mine.stop)[need.cpu()]  # their rows in the whole batch
     x = generate(model, tokens[need], schedule, sampler=sampler, steps=steps, eta=eta,
                  generator=RowSlice(generator, total, rows), confidence=codec.cell_confidence)  # (b', R, L, C)
     if not len(need):
-        return
+        return need
     boards = logits_to_digits(codec.teacher.lm_head(codec.step_y(x)))[:, -1]  # (b', N) final boards
     ok = valid_boards(p[need], boards, shape)
     best[need[ok]] = boards[ok]
     best_ok[need[ok]] = True
+    return need
 
 
 def reuse_check(first: dict, *, n: int, sampler: str, steps: int, eta: float, seed: int, batch_size: int,

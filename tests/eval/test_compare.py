@@ -85,6 +85,8 @@ def test_stages_distill_control_and_evaluate_compare(tiny_params_file, tmp_path)
     assert r["cost"]["tdrm_flops"] > r["cost"]["denoiser_flops_per_call"] > 0 and r["cost"]["teacher_flops"] > 0
     assert len(r["tdrm"]["per_step_cosine_to_teacher"]) == 3 and "correct" not in r["tdrm"]
     assert r["best_of_n"]["samples"] == 2 and "control_final_state_only" in r
+    # best of 2 at DDIM eta 0 reuses the main sample: a second chain only for its puzzles without a valid board
+    assert r["best_of_n"]["network_evals_per_puzzle"] == pytest.approx(5 * (2 - r["tdrm"]["valid_fraction"]))
     assert _png_size(plots / "tdrm_steps.png") == (500, 350)
     assert _png_size(plots / "tdrm_per_step.png") == (500, 350)
     assert (plots / "tdrm_per_step.csv").read_text().splitlines()[0] == \
@@ -198,3 +200,6 @@ def test_best_of_n_later_samples_run_only_unsolved_puzzles_with_the_whole_batch_
     assert [b.tolist() for b in seen] == [b.tolist() for b in want]
     assert rows == want_rows and sum(rows) < 3 * 24  # later samples: only the puzzles still without a valid board
     assert res["valid_fraction"] == float(torch.cat(kept_ok).float().mean())
+    # the calls counted are the calls run: 3 per chain, averaged over the 24 puzzles
+    assert res["network_evals_per_puzzle"] == pytest.approx(3 * sum(want_rows) / 24)
+    assert res["network_evals_per_puzzle"] < res["network_evals_per_puzzle_max"] == 9
