@@ -106,10 +106,12 @@ def compare(teacher, tdrm_path, test: PuzzleSet, cfg: Evaluate, seed: int, devic
                                 "network_evals_per_puzzle": r["network_evals_per_puzzle"],
                                 "single_sample_exact_accuracy": one["exact_accuracy"],
                                 "paired_vs_single": mcnemar_exact(list(r["correct"]), list(one["correct"]))}
-    per_step_rows = [{"step": i + 1, "teacher_exact_accuracy": t, "tdrm_exact_accuracy": g, "cosine_to_teacher": c}
-                     for i, (t, g, c) in enumerate(zip(t_res["per_step_exact_accuracy"],
-                                                       main["per_step_exact_accuracy_first_sample"],
-                                                       main["per_step_cosine_to_teacher"]))]
+    per_step_rows = [{"step": i + 1, "teacher_exact_accuracy": t, "tdrm_exact_accuracy": g, "cosine_to_teacher": c,
+                      "board_agreement_with_teacher": a}
+                     for i, (t, g, c, a) in enumerate(zip(t_res["per_step_exact_accuracy"],
+                                                          main["per_step_exact_accuracy_first_sample"],
+                                                          main["per_step_cosine_to_teacher"],
+                                                          main["per_step_board_agreement_with_teacher"]))]
     if control_path:
         cm, ccodec, csch, cck = load_tdrm(control_path, device)
         cd = cck["config"]["distill"]

@@ -39,6 +39,8 @@ def per_step_png(rows: list[dict], path: str | Path, title: str = "") -> None:
     ax.plot(k, [r["teacher_exact_accuracy"] for r in rows], "s--", color="k", label="teacher exact")
     ax.plot(k, [r["tdrm_exact_accuracy"] for r in rows], "o-", label="TDRM exact (decoded step k)")
     ax.plot(k, [r["cosine_to_teacher"] for r in rows], "^:", label="cosine(TDRM y_k, teacher y_k)")
+    if "board_agreement_with_teacher" in rows[0]:
+        ax.plot(k, [r["board_agreement_with_teacher"] for r in rows], "x-.", label="TDRM board k = teacher's board k")
     ax.set_xlabel("supervision step k")
     ax.set_xticks(k)
     ax.set_ylim(0, 1.02)

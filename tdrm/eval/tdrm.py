@@ -32,7 +32,9 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
     still without a valid board, drawing its noise for the whole batch (`_resample`), so the result
     is the one of sampling every puzzle every time. `codec` decodes (it holds the frozen teacher).
     `reference`: the teacher's y states (M, K, N, D) at the cells of the same puzzles, for the
-    cosine similarity of the first sample per step (of this rank's rows, `teacher_states`).
+    cosine similarity of the first sample per step (of this rank's rows, `teacher_states`) and the
+    share of puzzles whose decoded board at step k is the teacher's decoded board at step k (a
+    faithful trajectory reproduces the teacher's intermediate boards, its early errors included).
     Data parallel (`world`): rank r samples its rows `dist.rows` of every batch, with the noise
     those rows get in one process (`RowSlice`), and the per-puzzle results are gathered, so every
     rank returns the one-process result.
@@ -51,7 +53,7 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
         for nb, mine, _ in batch_shares(len(ps), batch_size, world):  # the one-sample call's draws, in its order
             draw_normal((mine.stop - mine.start, model.K, model.L, model.C), RowSlice(gen, nb, mine)
                         if world.distributed else gen)
-    exact, per_step, picked_valid, cos, firsts, drawn = [], [], [], [], [], []
+    exact, per_step, picked_valid, cos, firsts, drawn, agree = [], [], [], [], [], [], []
     t0 = time.perf_counter()
     local = 0  # this rank's rows so far (its rows of `reference`)
     for nb, mine, sl in tqdm(list(batch_shares(len(ps), batch_size, world)), desc="eval tdrm",
@@ -75,6 +77,8 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
             if reference is not None:
                 ref = reference[local:local + len(y), -y.shape[1]:].to(y.device)
                 cos.append(cosine_per_step(y, ref).cpu().numpy() * len(y) if len(y) else np.zeros(y.shape[1]))
+                ref_boards = logits_to_digits(codec.teacher.lm_head(ref.to(y.dtype)))  # (B, K, N) the teacher's
+                agree.append(gather_rows((boards == ref_boards).all(-1).float(), world).cpu().numpy())
         chains = torch.ones(len(p), device=p.device)  # (b,) chains run per puzzle (the first sample's, reused or not)
         for _ in range(1, samples):  # later samples: only the puzzles without a valid board yet
             chains[_resample(model, codec, schedule, p, tokens, best, best_ok, ps.shape, sampler=sampler,
@@ -105,6 +109,10 @@ def evaluate_tdrm(model, codec, schedule, ps: PuzzleSet, *, sampler: str, steps:
         res["per_step_cosine_to_teacher"] = [float(v) for v in np.sum(cos, 0) / n]
     elif first is not None and "per_step_cosine_to_teacher" in first:
         res["per_step_cosine_to_teacher"] = first["per_step_cosine_to_teacher"]
+    if agree:
+        res["per_step_board_agreement_with_teacher"] = [float(v) for v in np.concatenate(agree).mean(0)]
+    elif first is not None and "per_step_board_agreement_with_teacher" in first:
+        res["per_step_board_agreement_with_teacher"] = first["per_step_board_agreement_with_teacher"]
     return res
 
 

@@ -133,7 +133,8 @@ def _evaluate_arc(p, data_dir, model_path, metrics_path, plot_path, tdrm_path, c
             plots = Path(plots_dir)
             rows = [{**row, "teacher_exact_accuracy": r["teacher"]["pass@2"]} for row in r["accuracy_by_sampling_steps"]]
             per_row = [{"step": k, "teacher_exact_accuracy": by_step[k - 1] if k <= len(by_step) else float("nan"),
-                        "tdrm_exact_accuracy": v, "cosine_to_teacher": float("nan")}
+                        "tdrm_exact_accuracy": v, "cosine_to_teacher": float("nan"),
+                        "board_agreement_with_teacher": float("nan")}
                        for k, v in enumerate(r["tdrm_pass@2_by_row"], 1)]
             _write_csv(plots / "tdrm_steps.csv", rows)
             _write_csv(plots / "tdrm_per_step.csv", per_row)

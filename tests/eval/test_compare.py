@@ -90,7 +90,7 @@ def test_stages_distill_control_and_evaluate_compare(tiny_params_file, tmp_path)
     assert _png_size(plots / "tdrm_steps.png") == (500, 350)
     assert _png_size(plots / "tdrm_per_step.png") == (500, 350)
     assert (plots / "tdrm_per_step.csv").read_text().splitlines()[0] == \
-        "step,teacher_exact_accuracy,tdrm_exact_accuracy,cosine_to_teacher"
+        "step,teacher_exact_accuracy,tdrm_exact_accuracy,cosine_to_teacher,board_agreement_with_teacher"
     # a TDRM distilled from another teacher is refused, by name
     from tdrm import checkpoint
     ck = checkpoint.load(tmp_path / "tdrm.pt")
@@ -203,3 +203,34 @@ def test_best_of_n_later_samples_run_only_unsolved_puzzles_with_the_whole_batch_
     # the calls counted are the calls run: 3 per chain, averaged over the 24 puzzles
     assert res["network_evals_per_puzzle"] == pytest.approx(3 * sum(want_rows) / 24)
     assert res["network_evals_per_puzzle"] < res["network_evals_per_puzzle_max"] == 9
+
+
+def test_board_agreement_with_teacher_counts_puzzles_whose_step_k_board_is_the_teachers(tmp_path, monkeypatch):
+    """`per_step_board_agreement_with_teacher` at step k is the share of puzzles whose decoded
+    board at step k is the teacher's decoded board at step k: here the reference states are the
+    sample's own for the even puzzles and, for the odd ones, another trajectory at every second step."""
+    import torch
+    import tdrm.eval.tdrm as ev
+    from tdrm.checkpoint import load_tdrm
+    from tdrm.data.dataset import load_split
+    from tdrm.train.distill import train_distill
+    from tests.conftest import tiny_params, tiny_traces
+    teacher = tiny_traces(tmp_path, 30, 20)
+    train_distill(tiny_params({"distill": {"steps": 5, "eval_every": 0}}), tmp_path / "tr", teacher,
+                  tmp_path / "tdrm.pt", progress=False)
+    model, codec, sched, _ = load_tdrm(tmp_path / "tdrm.pt")
+    ps = load_split(tmp_path, "test").take(list(range(20)))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((20, model.K, model.L, model.C), generator=g)  # the "samples", fixed
+    other = torch.randn((20, model.K, model.L, model.C), generator=g)
+    y, y_other = codec.step_y(x), codec.step_y(other)  # (20, K, N, D)
+    k = y.shape[1]
+    ref = y.clone()
+    ref[1::2, 1::2] = y_other[1::2, 1::2]  # odd puzzles: another trajectory at steps 2, 4, ...
+    rows = iter([slice(0, 8), slice(8, 16), slice(16, 20)])
+    monkeypatch.setattr(ev, "generate", lambda m, tok, *a, **kw: x[next(rows)])
+    res = ev.evaluate_tdrm(model, codec, sched, ps, sampler="ddim", steps=3, eta=0.0, samples=1, seed=0,
+                           batch_size=8, reference=ref)
+    decode = lambda s: ev.logits_to_digits(codec.teacher.lm_head(s))  # noqa: E731
+    assert bool((decode(y_other[1::2, 1::2]) != decode(y[1::2, 1::2])).any(-1).all())  # the other boards differ
+    assert res["per_step_board_agreement_with_teacher"] == pytest.approx([1.0 if i % 2 == 0 else 0.5 for i in range(k)])
