@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .logprob import gaussian_log_prob, masked_gaussian_log_prob
-from .schedules import Schedule, broadcast_levels, cell_levels, cells_started, row_levels
+from .schedules import Schedule, broadcast_levels, cell_levels, cell_starts, cells_started, row_levels
 
 
 @dataclass
@@ -245,24 +245,41 @@ def _round_draws(schedule: Schedule, m: int, steps: int, cells: int, window: flo
 
 def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, steps: int, window: float,
                  confidence, cond=None, eta: float = 0.0, return_path: bool = False,
-                 sigma_floor: float = 0.0) -> Sample:
+                 sigma_floor: float = 0.0, keep: torch.Tensor | None = None) -> Sample:
     """Per-cell sampling for a model trained with one noise level per cell (`row_noise: cells`):
     `steps` rounds from progress 0 to 1 of the cell-order schedule (`cell_levels`), where the order
     is chosen as the chain goes (plan for the best, Kim et al. 2025): whenever the schedule starts
     new cells, the not yet started ones whose current estimate is most confident are taken,
     `confidence(x0_hat) -> (B, L)` (higher first). `model(x_t, t (B, 1, L), cond)`. The order is a
     function of the chain's state, so each round is Gaussian given the state; its exact
-    log-probability sums over the cells that moved with sigma > 0 (None when none did)."""
+    log-probability sums over the cells that moved with sigma > 0 (None when none did).
+
+    `keep` (B, L) bool, the same number n of cells in every row: a continuation (`revise_cells`)
+    in which those cells of x_T are clean context from the start (level 0, never moved) and the
+    others denoise from pure noise, the first of them starting at rank n of the schedule, over
+    the `steps` rounds that remain from there (progress start(n) -> 1)."""
     if steps < 1:
         raise ValueError(f"sampling steps must be >= 1, got {steps}")
     b, _, cells = x_T.shape[:3]
     dev = x_T.device
     ranks = torch.full((b, cells), -1, dtype=torch.long, device=dev)  # order of start, -1 = not yet placed
-    placed = 0
+    placed, p0 = 0, 0.0
+    if keep is not None:
+        n = keep.sum(-1)
+        if keep.shape != (b, cells) or bool((n != n[:1]).any()) or (b and not 0 < int(n[0]) < cells):
+            raise ValueError(f"keep must be (B, L) = ({b}, {cells}) with the same number of kept cells in every "
+                             f"row, between 1 and {cells - 1}")
+        placed = int(n[0]) if b else 0
+        ranks[keep] = torch.arange(placed, device=dev).repeat(b)  # kept cells: ranks 0..n-1 (all clean)
+        p0 = float(cell_starts(cells, window)[placed]) if b else 0.0
     x, out = x_T, Sample(x_T)
-    t = cell_levels(torch.zeros(b, dtype=torch.float64), ranks, window, schedule.T)  # (B, 1, L): all pure noise
+
+    def levels(p):  # (B, 1, L) at progress p, kept cells clean
+        lv = cell_levels(torch.full((b,), p, dtype=torch.float64), ranks, window, schedule.T)
+        return lv if keep is None else lv.masked_fill(keep[:, None], 0)
+    t = levels(p0)  # (B, 1, L): all pure noise (but the kept cells)
     for m in range(steps):
-        p_next = (m + 1) / steps
+        p_next = p0 + (1 - p0) * (m + 1) / steps
         x0_hat = model(x, t, cond) if b else torch.zeros_like(x)
         need = cells_started(p_next, cells, window)
         if need > placed and b:
@@ -270,11 +287,15 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
             pick = conf.topk(need - placed, dim=-1).indices  # (B, n) most confident first
             ranks.scatter_(1, pick, torch.arange(placed, need, device=dev).expand(b, -1))
             placed = need
-        t_next = cell_levels(torch.full((b,), p_next, dtype=torch.float64), ranks, window, schedule.T)
+        t_next = levels(p_next)
         mean, sigma = row_step(schedule, x, x0_hat, t, t_next, eta, sigma_floor)  # sigma (B, 1, L)
         noisy = sigma > 0
         lp = None
-        if _round_draws(schedule, m, steps, cells, window, eta, sigma_floor):  # the same on every rank, any rows
+        if keep is not None and eta > 0 and b:  # a continuation (one process): draw where anything moves
+            draws = bool(noisy.any())
+        else:
+            draws = _round_draws(schedule, m, steps, cells, window, eta, sigma_floor)
+        if draws:  # the same on every rank, any rows
             x_prev = mean + sigma.to(x.dtype)[..., None] * _noise(x, generator)
             if return_path:
                 lp = masked_gaussian_log_prob(x_prev, mean, sigma[..., None], noisy[..., None])
@@ -285,3 +306,26 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
         x, t = x_prev, t_next  # the next round starts at this round's levels (the ranks placed stay)
     out.x0 = x
     return out
+
+
+def revise_cells(model, x: torch.Tensor, schedule: Schedule, *, generator, steps: int, window: float, confidence,
+                 fraction: float, prefix: int = 0, cond=None, eta: float = 0.0, return_path: bool = False,
+                 sigma_floor: float = 0.0) -> Sample:
+    """One corrector round of a per-cell chain (predictor-corrector sampling; ReMDM's remasking,
+    Wang et al. 2025, arXiv 2503.00307, in this continuous form): the `fraction` of the cells
+    (prefix positions excluded) least confident in the clean sample x (B, K, L, C) go back to pure
+    noise and are denoised again over `steps` rounds, the others clean context, the most confident
+    first (`sample_cells` with `keep`). A state of clean and not-yet-started cells is one the
+    per-cell training draws."""
+    b, _, cells = x.shape[:3]
+    m = max(1, round(fraction * (cells - prefix)))
+    if not 0.0 < fraction <= 1.0 or m >= cells:
+        raise ValueError(f"the revised fraction must be in (0, 1] and leave a kept cell, got {fraction}")
+    conf = confidence(x).float() if b else torch.zeros(b, cells, device=x.device)  # (B, L)
+    conf[:, :prefix] = float("inf")  # prefix positions are never revised
+    keep = torch.ones(b, cells, dtype=torch.bool, device=x.device)
+    keep.scatter_(1, conf.topk(m, dim=-1, largest=False).indices, False)
+    x_T = torch.where(keep[:, None, :, None], x, _noise(x, generator))
+    return sample_cells(model, x_T, schedule, generator=generator, steps=steps, window=window,
+                        confidence=confidence, cond=cond, eta=eta, return_path=return_path,
+                        sigma_floor=sigma_floor, keep=keep)

@@ -8,7 +8,7 @@ import torch
 from tdrm.config import Denoiser as DenoiserConfig, Distill
 from tdrm.diffusion.logprob import masked_gaussian_log_prob
 from tdrm.diffusion.losses import distillation_loss
-from tdrm.diffusion.samplers import row_step, sample_cells, top_margin
+from tdrm.diffusion.samplers import revise_cells, row_step, sample_cells, top_margin
 from tdrm.diffusion.schedules import cell_levels, cell_starts, cells_started, make_schedule, q_sample
 from tdrm.models.denoiser import Denoiser
 from tdrm.train.distill import draw_levels
@@ -76,6 +76,41 @@ def test_forward_process_and_sampler_agree_and_confident_cells_go_first(window):
             for t in m.calls:
                 lv = t[:, 0].gather(1, order)
                 assert (lv[:, 1:] >= lv[:, :-1]).all()
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_revise_renoises_the_least_confident_cells_and_keeps_the_others_clean(eta):
+    """A corrector round: the least confident cells go back to pure noise and are denoised again
+    (with the true x0 they land on it), the others are clean context at every call and come out
+    bitwise unchanged; the first revised cell starts at rank n of the schedule."""
+    s = make_schedule("cosine", 50, shift=4.0)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 4, 7, 5, generator=g)
+    x = x0.clone()
+    x[:, :, [2, 5]] = torch.randn(3, 4, 2, 5, generator=g)  # two wrong cells
+    scores = torch.rand(3, 7, generator=g) + 1.0
+    scores[:, [2, 5]] = torch.tensor([0.2, 0.1])  # ... and the least confident
+    m = Oracle(x0)
+    out = revise_cells(m, x, s, generator=torch.Generator().manual_seed(1), steps=4, window=0.3,
+                       confidence=lambda x0_hat: scores, fraction=2 / 7, eta=eta, return_path=True)
+    assert torch.allclose(out.x0, x0, atol=1e-5)
+    kept = [0, 1, 3, 4, 6]
+    assert torch.equal(out.x0[:, :, kept], x[:, :, kept])
+    assert len(m.calls) == 4 and all((t[:, 0, kept] == 0).all() for t in m.calls)
+    assert (m.calls[0][:, 0, [2, 5]] == 50).all() and (m.calls[-1][:, 0, [2, 5]] < 50).all()
+    assert (out.path[0].x_t[:, :, [2, 5]] != x[:, :, [2, 5]]).all()  # fresh noise, not the old values
+    if eta:
+        st = out.path[0]
+        moved = (st.sigma > 0)[..., None].expand_as(st.x_prev)
+        normal = torch.distributions.Normal(st.mean, st.sigma.clamp_min(1e-30)[..., None].expand_as(st.mean))
+        want = torch.where(moved, normal.log_prob(st.x_prev), torch.zeros_like(st.x_prev)).flatten(1).sum(-1)
+        assert torch.allclose(st.log_prob, want, rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="revised fraction"):
+        revise_cells(m, x, s, generator=g, steps=4, window=0.3, confidence=lambda x0_hat: scores, fraction=0.0)
+    uneven = torch.ones(3, 7, dtype=torch.bool)
+    uneven[0, 0] = False
+    with pytest.raises(ValueError, match="same number of kept cells"):
+        sample_cells(m, x, s, generator=g, steps=4, window=0.3, confidence=lambda x0_hat: scores, keep=uneven)
 
 
 def test_row_step_per_cell_matches_q_sample_marginals_and_leaves_still_cells():
@@ -172,3 +207,28 @@ def test_per_cell_loss_ignores_clean_cells_and_draw_levels_orders_prefix_first()
 def test_top_margin_is_the_gap_between_the_two_likeliest():
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.4, 0.35, 0.25]]))
     assert torch.allclose(top_margin(logits), torch.tensor([0.3, 0.05]), atol=1e-6)
+
+
+def test_generate_revise_continues_a_per_cell_chain_and_refuses_other_models():
+    """`generate(..., revise=(rounds, fraction, steps))`: the per-cell chain's calls, then each
+    round's; zero rounds is the chain alone, bitwise; a model without per-cell levels refuses it."""
+    from tdrm.diffusion.sampling import generate
+    torch.manual_seed(0)
+    cfg = DenoiserConfig(hidden=32, layers=2, heads=2, self_cond=True, latent_cond=True)
+    m = Denoiser(cfg, 3, 10, 8, 5, cell_window=0.25)
+    for prm in m.parameters():
+        prm.data.normal_(0, 0.1)
+    s = make_schedule("cosine", 50)
+    pz = torch.randint(0, 5, (2, 10))
+    conf = lambda x0_hat: x0_hat[:, -1].square().mean(-1)  # noqa: E731  (B, L)
+    run = lambda **kw: generate(m, pz, s, sampler="ddim", steps=5, eta=0.0,  # noqa: E731
+                                generator=torch.Generator().manual_seed(1), confidence=conf, **kw)
+    base, zero = run(), run(revise=(0, 0.3, 4))
+    assert torch.equal(base, zero)
+    out = run(revise=(2, 0.3, 4), return_path=True)
+    assert len(out.path) == 5 + 2 * 4
+    first = out.path[5].t[:, 0]  # (B, L): the first revision call's levels
+    assert ((first == 50).sum(-1) == 3).all() and ((first == 0).sum(-1) == 7).all()  # 3 of 10 re-noised, 7 kept
+    shared = Denoiser(cfg, 3, 10, 8, 5)
+    with pytest.raises(ValueError, match="per-cell chains"):
+        generate(shared, pz, s, sampler="ddim", steps=5, eta=0.0, generator=torch.Generator(), revise=(1, 0.3, 4))
