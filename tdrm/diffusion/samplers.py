@@ -229,16 +229,19 @@ def top_margin(logits: torch.Tensor) -> torch.Tensor:
     return top[..., 0] - top[..., 1]
 
 
-def _round_draws(schedule: Schedule, m: int, steps: int, cells: int, window: float, eta: float,
-                 sigma_floor: float) -> bool:
-    """Whether round m of the per-cell schedule draws noise: every sample places the same number of
-    cells at the same levels (only which cells differs), so the answer depends on the schedule alone
-    and a data-parallel rank draws (for the whole batch) even when it has no rows."""
-    placed, need = cells_started(m / steps, cells, window), cells_started((m + 1) / steps, cells, window)
+def _round_draws(schedule: Schedule, p: float, p_next: float, cells: int, window: float, eta: float,
+                 sigma_floor: float, kept: int = 0) -> bool:
+    """Whether the per-cell round from progress p to p_next draws noise: every sample places the
+    same number of cells at the same levels (only which cells differs; `kept` clean cells of a
+    continuation are ranks 0..kept-1), so the answer depends on the schedule alone and a
+    data-parallel rank draws (for the whole batch) even when it has no rows."""
+    placed, need = max(cells_started(p, cells, window), kept), max(cells_started(p_next, cells, window), kept)
     r = torch.arange(cells)[None]
-    t = cell_levels(torch.tensor([m / steps], dtype=torch.float64), torch.where(r < placed, r, -1), window, schedule.T)
-    tn = cell_levels(torch.tensor([(m + 1) / steps], dtype=torch.float64), torch.where(r < need, r, -1), window,
-                     schedule.T)
+
+    def levels(q, n):
+        lv = cell_levels(torch.tensor([q], dtype=torch.float64), torch.where(r < n, r, -1), window, schedule.T)
+        return lv.masked_fill(r[:, None] < kept, 0)
+    t, tn = levels(p, placed), levels(p_next, need)
     z = torch.zeros(1, 1, cells, 1)
     return bool((row_step(schedule, z, z, t, tn, eta, sigma_floor)[1] > 0).any())
 
@@ -257,7 +260,8 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
     `keep` (B, L) bool, the same number n of cells in every row: a continuation (`revise_cells`)
     in which those cells of x_T are clean context from the start (level 0, never moved) and the
     others denoise from pure noise, the first of them starting at rank n of the schedule, over
-    the `steps` rounds that remain from there (progress start(n) -> 1)."""
+    the `steps` rounds that remain from there (progress start(n) -> 1). A rank without rows cannot
+    know n, so a continuation runs in one process."""
     if steps < 1:
         raise ValueError(f"sampling steps must be >= 1, got {steps}")
     b, _, cells = x_T.shape[:3]
@@ -278,6 +282,7 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
         lv = cell_levels(torch.full((b,), p, dtype=torch.float64), ranks, window, schedule.T)
         return lv if keep is None else lv.masked_fill(keep[:, None], 0)
     t = levels(p0)  # (B, 1, L): all pure noise (but the kept cells)
+    kept, p = placed, p0
     for m in range(steps):
         p_next = p0 + (1 - p0) * (m + 1) / steps
         x0_hat = model(x, t, cond) if b else torch.zeros_like(x)
@@ -291,11 +296,7 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
         mean, sigma = row_step(schedule, x, x0_hat, t, t_next, eta, sigma_floor)  # sigma (B, 1, L)
         noisy = sigma > 0
         lp = None
-        if keep is not None and eta > 0 and b:  # a continuation (one process): draw where anything moves
-            draws = bool(noisy.any())
-        else:
-            draws = _round_draws(schedule, m, steps, cells, window, eta, sigma_floor)
-        if draws:  # the same on every rank, any rows
+        if _round_draws(schedule, p, p_next, cells, window, eta, sigma_floor, kept):  # every rank alike, any rows
             x_prev = mean + sigma.to(x.dtype)[..., None] * _noise(x, generator)
             if return_path:
                 lp = masked_gaussian_log_prob(x_prev, mean, sigma[..., None], noisy[..., None])
@@ -303,7 +304,7 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
             x_prev = mean
         if return_path:
             out.path.append(Step(t, t_next, x, x0_hat, mean, sigma, x_prev, lp))
-        x, t = x_prev, t_next  # the next round starts at this round's levels (the ranks placed stay)
+        x, t, p = x_prev, t_next, p_next  # the next round starts at this round's levels (the ranks placed stay)
     out.x0 = x
     return out
 
