@@ -33,6 +33,7 @@ class Step:
 class Sample:
     x0: torch.Tensor
     path: list[Step] = field(default_factory=list)
+    ranks: torch.Tensor | None = None  # (B, L) long: a per-cell chain's order (`sample_cells`), else None
 
 
 def timesteps(schedule: Schedule, steps: int | None) -> list[int]:
@@ -255,7 +256,9 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
     new cells, the not yet started ones whose current estimate is most confident are taken,
     `confidence(x0_hat) -> (B, L)` (higher first). `model(x_t, t (B, 1, L), cond)`. The order is a
     function of the chain's state, so each round is Gaussian given the state; its exact
-    log-probability sums over the cells that moved with sigma > 0 (None when none did).
+    log-probability sums over the cells that moved with sigma > 0 (None when none did). The
+    returned `Sample.ranks` (B, L) is the order the chain chose: every recorded step's levels are
+    `cell_levels` of it at that step's progress (a cell not yet placed sits at T either way).
 
     `keep` (B, L) bool, the same number n of cells in every row: a continuation (`revise_cells`)
     in which those cells of x_T are clean context from the start (level 0, never moved) and the
@@ -305,7 +308,7 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
         if return_path:
             out.path.append(Step(t, t_next, x, x0_hat, mean, sigma, x_prev, lp))
         x, t, p = x_prev, t_next, p_next  # the next round starts at this round's levels (the ranks placed stay)
-    out.x0 = x
+    out.x0, out.ranks = x, ranks  # every cell placed by p = 1: the order the chain chose
     return out
 
 

@@ -52,7 +52,8 @@ def _fields(step) -> tuple[str, ...]:
 def subset(sample: Sample, idx: torch.Tensor) -> Sample:
     """The rows `idx` of every tensor of a sampled path."""
     take = lambda v: v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v  # noqa: E731
-    return Sample(sample.x0[idx], [replace(s, **{k: take(getattr(s, k)) for k in _fields(s)}) for s in sample.path])
+    return Sample(sample.x0[idx], [replace(s, **{k: take(getattr(s, k)) for k in _fields(s)}) for s in sample.path],
+                  take(sample.ranks))
 
 
 def concat(batches: list[Batch]) -> Batch:
@@ -63,7 +64,8 @@ def concat(batches: list[Batch]) -> Batch:
     cat = lambda vs: None if vs[0] is None else torch.cat(vs)  # noqa: E731
     path = [replace(st, **{k: cat([getattr(b.sample.path[i], k) for b in batches]) for k in _fields(st)})
             for i, st in enumerate(first.sample.path)]
-    return Batch(torch.cat([b.puzzle for b in batches]), Sample(torch.cat([b.sample.x0 for b in batches]), path),
+    ranks = cat([b.sample.ranks for b in batches])
+    return Batch(torch.cat([b.puzzle for b in batches]), Sample(torch.cat([b.sample.x0 for b in batches]), path, ranks),
                  torch.cat([b.adv for b in batches]), first.self_cond)
 
 
@@ -102,13 +104,15 @@ def stochastic(step) -> bool:
     return bool((step.sigma > 0).any()) if isinstance(step.sigma, torch.Tensor) else step.sigma > 0
 
 
-def renoise_levels(model, schedule: Schedule, t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def renoise_levels(model, schedule: Schedule, t: torch.Tensor, generator: torch.Generator,
+                   ranks: torch.Tensor | None = None) -> torch.Tensor:
     """Shared integer levels t (S, ...) in 1..T -> the levels `model` was trained on, at the same
     overall progress p = 1 - t / T: t itself for a shared-level model; per row (S, ..., K) on its
     rolling schedule (`row_levels`, lag `model.row_lag`); per cell (S, ..., 1, L) on the cell-order
     schedule (`cell_levels`, window `model.cell_window`) of a fresh random order of the cells per
-    level (prefix positions first), as distillation draws them. With lag 0 or a window of 1 every
-    row (cell) gets t itself."""
+    level (prefix positions first), as distillation draws them, or, given `ranks` (S, L), of each
+    sample's own order (the order its rollout chose, `Sample.ranks`: `rl.renoise_order: rollout`).
+    With lag 0 or a window of 1 every row (cell) gets t itself."""
     lag, window = getattr(model, "row_lag", None), getattr(model, "cell_window", None)
     if lag is None and window is None:
         return t
@@ -116,8 +120,24 @@ def renoise_levels(model, schedule: Schedule, t: torch.Tensor, generator: torch.
     if lag is not None:
         return row_levels(p, model.K, lag, schedule.T).to(t.device)
     flat = p.reshape(-1).cpu()
-    ranks = random_ranks(flat.shape[0], model.L, model.P, generator)  # (S..., L)
+    if ranks is None:
+        ranks = random_ranks(flat.shape[0], model.L, model.P, generator)  # (S..., L)
+    else:
+        if ranks.shape != (t.shape[0], model.L):
+            raise ValueError(f"ranks must be (S, L) = ({t.shape[0]}, {model.L}), got {tuple(ranks.shape)}")
+        ranks = ranks.cpu().repeat_interleave(flat.shape[0] // t.shape[0], 0)  # (S..., L): each level its sample's
     return cell_levels(flat, ranks, window, schedule.T).reshape(*t.shape, 1, model.L).to(t.device)
+
+
+def _renoise(model, schedule: Schedule, t: torch.Tensor, generator: torch.Generator, batch: Batch, cfg) -> torch.Tensor:
+    """`renoise_levels` in the order `rl.renoise_order` names: `fresh` (a random order per level) or
+    `rollout` (each sample's recorded order, `Sample.ranks`; a per-cell model's rollouts only)."""
+    if cfg.renoise_order == "fresh":
+        return renoise_levels(model, schedule, t, generator)
+    if cfg.renoise_order != "rollout" or batch.sample.ranks is None:
+        raise ValueError(f"rl.renoise_order {cfg.renoise_order!r}: fresh, or rollout for the rollouts of a per-cell "
+                         f"model (distill.row_noise: cells), which record their order")
+    return renoise_levels(model, schedule, t, generator, batch.sample.ranks)
 
 
 def grpo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator: torch.Generator,
@@ -166,7 +186,7 @@ def elbo_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generato
     x0 = batch.sample.x0  # (S, R, L, C)
     s = x0.shape[0]
     t = torch.randint(1, schedule.T + 1, (s,), generator=generator).to(x0.device)
-    t = renoise_levels(model, schedule, t, generator)  # (S,), per row (S, K), per cell (S, 1, L)
+    t = _renoise(model, schedule, t, generator, batch, cfg)  # (S,), per row (S, K), per cell (S, 1, L)
     eps = torch.randn(x0.shape, generator=generator).to(x0.device)
     x_t = q_sample(x0, t, schedule, eps)
     per = lambda m: masked_sample_mse(m(x_t, t, batch.puzzle, None), x0, t)  # noqa: E731  (S,)
@@ -197,7 +217,7 @@ def awm_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
     s, m = x0.shape[0], cfg.awm_levels
     hi = max(1, round(cfg.awm_max_level * schedule.T))
     t = stratified_levels(s, m, 1, hi, generator).to(x0.device)  # (S, M)
-    t = renoise_levels(model, schedule, t, generator)  # (S, M), per row (S, M, K), per cell (S, M, 1, L)
+    t = _renoise(model, schedule, t, generator, batch, cfg)  # (S, M), per row (S, M, K), per cell (S, M, 1, L)
     eps = torch.randn((m, *x0.shape), generator=generator).to(x0.device)
     x_t = [q_sample(x0, t[:, j], schedule, eps[j]) for j in range(m)]
     with torch.no_grad():
@@ -234,7 +254,7 @@ def spg_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
     s, m = x0.shape[0], cfg.awm_levels
     hi = max(1, round(cfg.awm_max_level * schedule.T))
     t = stratified_levels(s, m, 1, hi, generator).to(x0.device)  # (S, M)
-    t = renoise_levels(model, schedule, t, generator)  # (S, M), per row (S, M, K), per cell (S, M, 1, L)
+    t = _renoise(model, schedule, t, generator, batch, cfg)  # (S, M), per row (S, M, K), per cell (S, M, 1, L)
     eps = torch.randn((m, *x0.shape), generator=generator).to(x0.device)
     x_t = torch.stack([q_sample(x0, t[:, j], schedule, eps[j]) for j in range(m)], 1)  # (S, M, R, L, C)
     chunk = max(1, s // m)
@@ -287,7 +307,7 @@ def rft_update(model, ref, opt, batch: Batch, schedule: Schedule, cfg, generator
     stats = []
     for epoch in range(cfg.inner_epochs):
         t = torch.randint(1, schedule.T + 1, (s,), generator=generator).to(x0.device)
-        t = renoise_levels(model, schedule, t, generator)  # (S,), per row (S, K), per cell (S, 1, L)
+        t = _renoise(model, schedule, t, generator, batch, cfg)  # (S,), per row (S, K), per cell (S, 1, L)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = q_sample(x0, t, schedule, eps)
         with torch.no_grad():

@@ -94,6 +94,8 @@ def _check(cfg) -> None:
         raise ValueError(f"rl.spg_mix must be in [0, 1], got {cfg.spg_mix}")
     if cfg.anchor_beta < 0:
         raise ValueError(f"rl.anchor_beta must be >= 0, got {cfg.anchor_beta}")
+    if cfg.renoise_order not in ("fresh", "rollout"):
+        raise ValueError(f"rl.renoise_order must be fresh or rollout, got {cfg.renoise_order!r}")
 
 
 def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, generator: torch.Generator, device
@@ -168,6 +170,10 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
         raise ValueError(f"rl.sde_window is a window of the shared-level DDIM chain; {tdrm_path} was trained with one "
                          f"noise level per row or per cell (distill.row_noise: "
                          f"{ck['config']['distill']['row_noise']}): set rl.sde_window: null")
+    if cfg.renoise_order == "rollout" and getattr(model, "cell_window", None) is None:
+        raise ValueError(f"rl.renoise_order rollout re-noises in the cell order each rollout chose; {tdrm_path} was "
+                         f"not trained with one noise level per cell (distill.row_noise: "
+                         f"{ck['config']['distill']['row_noise']}): set rl.renoise_order: fresh")
     for p in codec.teacher.parameters():
         p.requires_grad_(False)
     ref = copy.deepcopy(model).eval()

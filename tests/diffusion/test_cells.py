@@ -78,6 +78,23 @@ def test_forward_process_and_sampler_agree_and_confident_cells_go_first(window):
                 assert (lv[:, 1:] >= lv[:, :-1]).all()
 
 
+def test_sample_cells_records_its_order_and_every_step_is_on_its_schedule():
+    """`Sample.ranks` is the order the chain chose (most confident first, a permutation per sample),
+    and every recorded step's levels are `cell_levels` of that order at the step's progress: what
+    RL's `renoise_order: rollout` re-noises with."""
+    s = make_schedule("cosine", 50)
+    x0 = torch.randn(3, 2, 7, 4, generator=torch.Generator().manual_seed(0))
+    scores = torch.rand(3, 7, generator=torch.Generator().manual_seed(2))
+    out = sample_cells(Oracle(x0), torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)), s,
+                       generator=torch.Generator().manual_seed(3), steps=6, window=0.3,
+                       confidence=lambda x0_hat: scores, eta=1.0, return_path=True)
+    assert torch.equal(out.ranks, scores.argsort(-1, descending=True).argsort(-1))
+    for m, st in enumerate(out.path):
+        p, p_next = torch.full((3,), m / 6, dtype=torch.float64), torch.full((3,), (m + 1) / 6, dtype=torch.float64)
+        assert torch.equal(st.t, cell_levels(p, out.ranks, 0.3, 50))
+        assert torch.equal(st.t_prev, cell_levels(p_next, out.ranks, 0.3, 50))
+
+
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_revise_renoises_the_least_confident_cells_and_keeps_the_others_clean(eta):
     """A corrector round: the least confident cells go back to pure noise and are denoised again

@@ -185,7 +185,7 @@ def _toy_phase(estimator, phases=15, seed=0):
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     cfg = SimpleNamespace(clip=0.2, beta=0.0, eta=1.0, sigma_floor=0.0, inner_epochs=2, train_step_fraction=1.0,
                           grad_clip=0.0, elbo_negative_weight=0.5, elbo_trust=0.5, awm_levels=3, awm_max_level=0.9,
-                          anchor_beta=0.02, spg_beta=1.0, spg_mix=0.5)
+                          anchor_beta=0.02, spg_beta=1.0, spg_mix=0.5, renoise_order="fresh")
     gen = torch.Generator().manual_seed(seed)
     update = UPDATES[estimator]
     means = []
@@ -237,14 +237,14 @@ class ToyLevels(torch.nn.Module):
 TARGET = torch.tensor([[1.0, -1.0], [0.5, 0.5], [-1.0, 0.0]])  # one target point per row (cell)
 
 
-def _toy_levels_phase(estimator, kind, phases=15, seed=0):
+def _toy_levels_phase(estimator, kind, phases=15, seed=0, order="fresh"):
     torch.manual_seed(0)
     sched = make_schedule("cosine", 20)
     model, ref = ToyLevels(sched, kind), ToyLevels(sched, kind).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     cfg = SimpleNamespace(clip=0.2, beta=0.0, eta=1.0, sigma_floor=0.0, inner_epochs=2, train_step_fraction=1.0,
                           grad_clip=0.0, elbo_negative_weight=0.5, elbo_trust=0.5, awm_levels=3, awm_max_level=0.9,
-                          anchor_beta=0.02, spg_beta=1.0, spg_mix=0.5)
+                          anchor_beta=0.02, spg_beta=1.0, spg_mix=0.5, renoise_order=order)
     gen = torch.Generator().manual_seed(seed)
     means = []
     for _ in range(phases):
@@ -272,6 +272,56 @@ def test_rl_on_per_row_and_per_cell_chains_raises_the_reward_on_a_toy_problem(es
     assert np.mean(a[-3:]) > np.mean(a[:3]) + 1.0, a
     assert (point - TARGET).norm() < TARGET.norm()  # the points moved toward their targets
     assert _toy_levels_phase(estimator, kind)[0] == a  # seeded
+
+
+@pytest.mark.parametrize("estimator", ["elbo", "awm", "spg", "rft"])
+def test_forward_estimators_re_noising_in_the_rollout_order_train_a_per_cell_chain(estimator, monkeypatch):
+    """`renoise_order: rollout`: the forward-process estimators re-noise each sample in the cell
+    order its own rollout chose (`Sample.ranks`), never a fresh one, and still raise the reward."""
+    import tdrm.rl.phase as phase
+    seen = []
+    real = phase.renoise_levels
+
+    def spy(model, schedule, t, generator, ranks=None):
+        seen.append(ranks)
+        return real(model, schedule, t, generator, ranks)
+    monkeypatch.setattr(phase, "renoise_levels", spy)
+    a, point = _toy_levels_phase(estimator, "cells", order="rollout")
+    assert seen and all(r is not None and r.shape[-1] == 3 for r in seen)
+    assert np.mean(a[-3:]) > np.mean(a[:3]) + 1.0, a
+    assert (point - TARGET).norm() < TARGET.norm()
+    seen.clear()
+    assert _toy_levels_phase(estimator, "cells", order="fresh")[0] != a  # the order changes what is trained
+    assert seen and all(r is None for r in seen)
+
+
+def test_renoise_levels_in_given_orders_and_the_ranks_travel_with_the_samples():
+    """Given ranks (S, L), every level of sample s is on the cell-order schedule of its own ranks;
+    `subset` and `concat` keep each sample's recorded order; wrong shapes are refused."""
+    from tdrm.diffusion.schedules import cell_levels
+    sched = make_schedule("cosine", 40)
+    cells = SimpleNamespace(cell_window=0.25, L=6, P=1)
+    t = torch.tensor([[1, 20, 40], [5, 30, 39]])
+    ranks = torch.tensor([[0, 5, 4, 3, 2, 1], [0, 1, 2, 3, 4, 5]])
+    got = renoise_levels(cells, sched, t, torch.Generator().manual_seed(0), ranks)
+    for s in range(2):
+        want = cell_levels(1 - t[s].double() / 40, ranks[s].expand(3, -1), 0.25, 40)  # (3, 1, 6)
+        assert torch.equal(got[s], want)
+    with pytest.raises(ValueError, match="ranks must be"):
+        renoise_levels(cells, sched, t, torch.Generator(), ranks[:, :5])
+    from tdrm.config import Denoiser as DenoiserConfig
+    from tdrm.models.denoiser import Denoiser
+    model = Denoiser(DenoiserConfig(hidden=16, layers=2, heads=2), 2, 5, 3, 7, cell_window=0.4)
+    puzzle = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(1))
+    scores = torch.rand(4, 5, generator=torch.Generator().manual_seed(3))
+    smp = generate(model, puzzle, make_schedule("cosine", 30), sampler="ddim", steps=4, eta=1.0,
+                   generator=torch.Generator().manual_seed(2), return_path=True, confidence=lambda x: scores)
+    assert torch.equal(smp.ranks, scores.argsort(-1, descending=True).argsort(-1))
+    idx = torch.tensor([3, 1])
+    sub = subset(smp, idx)
+    assert torch.equal(sub.ranks, smp.ranks[idx])
+    both = concat([Batch(puzzle[idx], sub, torch.ones(2), False), Batch(puzzle, smp, torch.ones(4), False)])
+    assert torch.equal(both.sample.ranks, torch.cat([smp.ranks[idx], smp.ranks]))
 
 
 LEVELS = {"shared": {}, "rows": {"row_lag": 0.5}, "cells": {"cell_window": 0.4}}
@@ -474,7 +524,9 @@ def test_rl_refuses_bad_settings(distilled, tmp_path):
                       ({"eta": 0.0, "estimator": "grpo"}, "stochastic rollouts"),
                       ({"sde_window": [0, 9]}, "stochastic window"),
                       ({"awm_levels": 0}, "awm_levels"), ({"awm_max_level": 1.5}, "awm_max_level"),
-                      ({"spg_beta": 0.0}, "spg_beta"), ({"spg_mix": -0.1}, "spg_mix")]:
+                      ({"spg_beta": 0.0}, "spg_beta"), ({"spg_mix": -0.1}, "spg_mix"),
+                      ({"renoise_order": "random"}, "rl.renoise_order must be"),
+                      ({"renoise_order": "rollout"}, "not trained with one noise level per cell")]:
         with pytest.raises(ValueError, match=msg):
             train_rl(tiny_params({"rl": over}), distilled / "tdrm.pt", distilled, tmp_path / "x.pt", progress=False)
 

@@ -180,6 +180,15 @@ def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, 
         trained = load_tdrm(tmp_path / "rl.pt")[0]
         assert (trained.row_lag, trained.cell_window) == (model.row_lag, model.cell_window)
         assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), model.state_dict().values()))
+        order = {**rl, "estimator": "awm", "renoise_order": "rollout"}  # re-noise in each rollout's cell order
+        if arm["row_noise"] == "cells":
+            res = train_rl(tiny_params({**over, "rl": order}), tmp_path / "tdrm.pt", d, tmp_path / "rl2.pt",
+                           progress=False)
+            assert res["steps"] == 2 and all(row["trained_samples"] > 0 for row in res["history"])
+        else:
+            with pytest.raises(ValueError, match="rl.renoise_order rollout"):
+                train_rl(tiny_params({**over, "rl": order}), tmp_path / "tdrm.pt", d, tmp_path / "x.pt",
+                         progress=False)
 
 
 def test_error_correcting_batches_are_built_from_detached_predictions(setup, monkeypatch):
