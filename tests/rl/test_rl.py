@@ -127,7 +127,7 @@ def test_renoise_levels_take_the_form_the_model_was_trained_on():
     assert masked_sample_mse(hat, x0, lv).tolist() == [1.0, 0.0]
 
 
-def test_subset_and_concat_keep_the_per_cell_levels_of_each_sample():
+def test_subset_and_concat_keep_the_per_cell_levels_and_order_of_each_sample():
     from tdrm.config import Denoiser as DenoiserConfig
     from tdrm.models.denoiser import Denoiser
     model = Denoiser(DenoiserConfig(hidden=16, layers=2, heads=2), 2, 5, 3, 7, cell_window=0.4)
@@ -144,6 +144,10 @@ def test_subset_and_concat_keep_the_per_cell_levels_of_each_sample():
         assert torch.equal(a.t_prev, b.t_prev[idx]) and torch.equal(a.x_t, b.x_t[idx])
     both = concat([Batch(puzzle[idx], sub, torch.ones(2), False), Batch(puzzle, s, torch.ones(4), False)])
     assert all(st.t.shape == (6, 1, 5) and torch.equal(st.t[2:], b.t) for st, b in zip(both.sample.path, s.path))
+    # the recorded cell order (most confident first) travels with each sample (rl.renoise_order: rollout)
+    assert torch.equal(s.ranks, scores.argsort(-1, descending=True).argsort(-1))
+    assert torch.equal(sub.ranks, s.ranks[idx])
+    assert torch.equal(both.sample.ranks, torch.cat([s.ranks[idx], s.ranks]))
 
 
 def test_elbo_surrogate_signs_and_trust_cap():
@@ -295,9 +299,9 @@ def test_forward_estimators_re_noising_in_the_rollout_order_train_a_per_cell_cha
     assert seen and all(r is None for r in seen)
 
 
-def test_renoise_levels_in_given_orders_and_the_ranks_travel_with_the_samples():
+def test_renoise_levels_in_given_orders():
     """Given ranks (S, L), every level of sample s is on the cell-order schedule of its own ranks;
-    `subset` and `concat` keep each sample's recorded order; wrong shapes are refused."""
+    wrong shapes are refused."""
     from tdrm.diffusion.schedules import cell_levels
     sched = make_schedule("cosine", 40)
     cells = SimpleNamespace(cell_window=0.25, L=6, P=1)
@@ -309,19 +313,6 @@ def test_renoise_levels_in_given_orders_and_the_ranks_travel_with_the_samples():
         assert torch.equal(got[s], want)
     with pytest.raises(ValueError, match="ranks must be"):
         renoise_levels(cells, sched, t, torch.Generator(), ranks[:, :5])
-    from tdrm.config import Denoiser as DenoiserConfig
-    from tdrm.models.denoiser import Denoiser
-    model = Denoiser(DenoiserConfig(hidden=16, layers=2, heads=2), 2, 5, 3, 7, cell_window=0.4)
-    puzzle = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(1))
-    scores = torch.rand(4, 5, generator=torch.Generator().manual_seed(3))
-    smp = generate(model, puzzle, make_schedule("cosine", 30), sampler="ddim", steps=4, eta=1.0,
-                   generator=torch.Generator().manual_seed(2), return_path=True, confidence=lambda x: scores)
-    assert torch.equal(smp.ranks, scores.argsort(-1, descending=True).argsort(-1))
-    idx = torch.tensor([3, 1])
-    sub = subset(smp, idx)
-    assert torch.equal(sub.ranks, smp.ranks[idx])
-    both = concat([Batch(puzzle[idx], sub, torch.ones(2), False), Batch(puzzle, smp, torch.ones(4), False)])
-    assert torch.equal(both.sample.ranks, torch.cat([smp.ranks[idx], smp.ranks]))
 
 
 LEVELS = {"shared": {}, "rows": {"row_lag": 0.5}, "cells": {"cell_window": 0.4}}
