@@ -223,6 +223,7 @@ class RL:
     spg_mix: float = 0.5  # spg: negative samples minimise spg_mix * upper + (1 - spg_mix) * lower bound
     anchor_beta: float = 0.1  # awm, spg, rft: weight of the squared distance to the reference's prediction
     renoise_order: str = "fresh"  # awm, spg, rft, elbo on a per-cell model: fresh random cell order | rollout's own
+    order_temperature: float = 0.0  # per-cell rollouts: cell order drawn as softmax(confidence / tau) (0 = confidence order)
     eval_every: int = 50  # validation solve rate at the rollout setting (0 = off)
     val_limit: int = 200
     eval_steps: tuple[int, ...] = (1, 2, 4, 8, 20)  # accuracy against sampling steps, before and after

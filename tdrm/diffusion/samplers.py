@@ -101,6 +101,13 @@ def draw_normal(shape: tuple[int, ...], generator: torch.Generator | RowSlice) -
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
+def draw_gumbel(shape: tuple[int, ...], generator: torch.Generator | RowSlice) -> torch.Tensor:
+    """Standard Gumbel noise of `shape` (float32, CPU): g = -log(-log Phi(z)) of `draw_normal`'s
+    z, so a `RowSlice` gets its rows of the whole batch's draw as for the Gaussian noise."""
+    z = draw_normal(shape, generator).double()
+    return (-torch.log(-torch.special.log_ndtr(z))).float()
+
+
 def _noise(x: torch.Tensor, generator) -> torch.Tensor:
     """z ~ N(0, I) shaped like x, drawn on the CPU with `generator` (runs repeat on any device)."""
     return draw_normal(tuple(x.shape), generator).to(x.device, x.dtype)
@@ -249,7 +256,8 @@ def _round_draws(schedule: Schedule, p: float, p_next: float, cells: int, window
 
 def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, steps: int, window: float,
                  confidence, cond=None, eta: float = 0.0, return_path: bool = False,
-                 sigma_floor: float = 0.0, keep: torch.Tensor | None = None) -> Sample:
+                 sigma_floor: float = 0.0, keep: torch.Tensor | None = None,
+                 order_temperature: float = 0.0) -> Sample:
     """Per-cell sampling for a model trained with one noise level per cell (`row_noise: cells`):
     `steps` rounds from progress 0 to 1 of the cell-order schedule (`cell_levels`), where the order
     is chosen as the chain goes (plan for the best, Kim et al. 2025): whenever the schedule starts
@@ -260,6 +268,11 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
     returned `Sample.ranks` (B, L) is the order the chain chose: every recorded step's levels are
     `cell_levels` of it at that step's progress (a cell not yet placed sits at T either way).
 
+    `order_temperature` tau > 0 draws the order instead (RL's exploration, `rl.order_temperature`):
+    the cells started in a round are the top ones of confidence / tau + Gumbel noise, a draw
+    without replacement with probabilities softmax(confidence / tau) over the cells not yet
+    placed (Gumbel-top-k); tau = 0 (the default) is the deterministic confidence order.
+
     `keep` (B, L) bool, the same number n of cells in every row: a continuation (`revise_cells`)
     in which those cells of x_T are clean context from the start (level 0, never moved) and the
     others denoise from pure noise, the first of them starting at rank n of the schedule, over
@@ -267,6 +280,8 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
     know n, so a continuation runs in one process."""
     if steps < 1:
         raise ValueError(f"sampling steps must be >= 1, got {steps}")
+    if not order_temperature >= 0:
+        raise ValueError(f"the cell-order temperature must be >= 0, got {order_temperature}")
     b, _, cells = x_T.shape[:3]
     dev = x_T.device
     ranks = torch.full((b, cells), -1, dtype=torch.long, device=dev)  # order of start, -1 = not yet placed
@@ -290,8 +305,12 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
         p_next = p0 + (1 - p0) * (m + 1) / steps
         x0_hat = model(x, t, cond) if b else torch.zeros_like(x)
         need = cells_started(p_next, cells, window)
+        if need > placed and order_temperature > 0:  # drawn whatever the rows (a RowSlice: every rank alike)
+            gumbel = draw_gumbel((b, cells), generator).to(dev)  # (B, L)
         if need > placed and b:
             conf = confidence(x0_hat).float().masked_fill(ranks >= 0, float("-inf"))  # (B, L)
+            if order_temperature > 0:
+                conf = conf / order_temperature + gumbel  # +-inf (prefix, placed cells) stay
             pick = conf.topk(need - placed, dim=-1).indices  # (B, n) most confident first
             ranks.scatter_(1, pick, torch.arange(placed, need, device=dev).expand(b, -1))
             placed = need

@@ -33,7 +33,8 @@ class SelfCondModel:
 @torch.no_grad()
 def generate(model, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, steps: int, eta: float,
              generator, return_path: bool = False, sigma_floor: float = 0.0,
-             window: tuple[int, int] | None = None, confidence=None, revise: tuple[int, float, int] | None = None):
+             window: tuple[int, int] | None = None, confidence=None, revise: tuple[int, float, int] | None = None,
+             order_temperature: float = 0.0):
     """Sample standardised trajectories (B, K, L, C) for puzzles (B, N); with `return_path`, the
     sampler's whole `Sample` (every step's x_t, x0_hat, mean, sigma, x_prev, log-prob, and with a
     latent_cond denoiser the call's hidden state, which the next call read). `window`:
@@ -42,7 +43,9 @@ def generate(model, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, step
     x0_hat (B, K, L, C) -> (B, L), which cells a per-cell model (`cell_window`) denoises first
     (`Codec.cell_confidence`); other models ignore it. `revise` (rounds, fraction, steps): after a
     per-cell chain, that many corrector rounds (`revise_cells`), each re-noising the `fraction`
-    least confident cells and denoising them again in `steps` calls (the path goes on through them)."""
+    least confident cells and denoising them again in `steps` calls (the path goes on through them).
+    `order_temperature` > 0: a per-cell model's cell order is drawn around the confidence order
+    (`sample_cells`; RL's exploration), refused for other models."""
     b = puzzle_tokens.shape[0]
     x_T = draw_normal((b, model.K, model.L, model.C), generator).to(puzzle_tokens.device)  # a RowSlice: its rows
     if sampler not in SAMPLERS:
@@ -53,6 +56,9 @@ def generate(model, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, step
     if window is not None and (sampler != "ddim" or getattr(model, "row_lag", None) is not None
                                or cell_window is not None):
         raise ValueError("a stochastic window is a DDIM option (shared noise level); this model or sampler has none")
+    if order_temperature and cell_window is None:
+        raise ValueError("a cell-order temperature is an option of per-cell chains (distill.row_noise: cells); "
+                         "this model has none")
     if revise and cell_window is None:
         raise ValueError("revise is a corrector of per-cell chains (distill.row_noise: cells); this model has none")
     closure = SelfCondModel(model, puzzle_tokens, record=return_path)
@@ -61,7 +67,8 @@ def generate(model, puzzle_tokens: torch.Tensor, schedule, *, sampler: str, step
             raise ValueError("this denoiser was trained with one noise level per cell (distill.row_noise: cells): "
                              "sampling it needs a confidence function (codec.cell_confidence)")
         out = sample_cells(closure, x_T, schedule, generator=generator, steps=steps, window=cell_window,
-                           confidence=confidence, eta=eta, return_path=return_path, sigma_floor=sigma_floor)
+                           confidence=confidence, eta=eta, return_path=return_path, sigma_floor=sigma_floor,
+                           order_temperature=order_temperature)
         for _ in range(revise[0] if revise else 0):
             more = revise_cells(closure, out.x0, schedule, generator=generator, steps=revise[2], window=cell_window,
                                 confidence=confidence, fraction=revise[1], prefix=getattr(model, "P", 0), eta=eta,

@@ -4,7 +4,9 @@ distilled TDRM, with resume and evaluation.
 Each step draws `rl.puzzles` training puzzles (epoch e shuffled by rng (seed, 4, e); with
 `rl.curriculum: rating` a weighted shuffle that puts harder puzzles earlier), samples
 `rl.group_size` trajectories per puzzle with stochastic DDIM (`rl.sample_steps`, `rl.eta`,
-`rl.sde_window`), decodes and rewards them without labels, and updates the policy. grpo, awm, spg
+`rl.sde_window`; a per-cell model's rollouts draw their cell order around the confidence order with
+`rl.order_temperature` > 0, an exploration grpo refuses because its step log-probabilities carry no term
+for the draw), decodes and rewards them without labels, and updates the policy. grpo, awm, spg
 and elbo drop groups whose rewards are all equal (zero advantage; counted as skipped), and with
 `rl.filter_groups` replace them by fresh puzzles (more rollouts, counted in `rollout_puzzles`); rft
 keeps the samples that pass the validity check, from any group. The frozen reference is the
@@ -96,6 +98,11 @@ def _check(cfg) -> None:
         raise ValueError(f"rl.anchor_beta must be >= 0, got {cfg.anchor_beta}")
     if cfg.renoise_order not in ("fresh", "rollout"):
         raise ValueError(f"rl.renoise_order must be fresh or rollout, got {cfg.renoise_order!r}")
+    if not cfg.order_temperature >= 0:
+        raise ValueError(f"rl.order_temperature must be >= 0, got {cfg.order_temperature}")
+    if cfg.order_temperature > 0 and cfg.estimator == "grpo":
+        raise ValueError("rl.order_temperature > 0 draws the cell order at random, and grpo's step log-probabilities "
+                         "carry no term for that draw: use awm, spg, rft or elbo, or set rl.order_temperature: 0")
 
 
 def rollout_batch(model, codec, schedule, puzzles: np.ndarray, shape, cfg, generator: torch.Generator, device
@@ -131,7 +138,7 @@ def group_rollouts(model, codec, schedule, tokens: np.ndarray, score, cfg, gener
     tokens = torch.as_tensor(tokens, device=device).long().repeat_interleave(g, 0)  # (S, N')
     sample = generate(model, tokens, schedule, sampler="ddim", steps=cfg.sample_steps, eta=cfg.eta,
                       generator=generator, return_path=True, sigma_floor=cfg.sigma_floor, window=cfg.sde_window,
-                      confidence=codec.cell_confidence)
+                      confidence=codec.cell_confidence, order_temperature=cfg.order_temperature)
     with torch.no_grad():
         r = score(codec.answer_logits(sample.x0)).view(-1, g)  # (P, G)
     solved = (r >= 1).float()
@@ -174,6 +181,10 @@ def train_rl(params: Params, tdrm_path: str | Path, data_dir: str | Path, out_pa
         raise ValueError(f"rl.renoise_order rollout re-noises in the cell order each rollout chose; {tdrm_path} was "
                          f"not trained with one noise level per cell (distill.row_noise: "
                          f"{ck['config']['distill']['row_noise']}): set rl.renoise_order: fresh")
+    if cfg.order_temperature > 0 and getattr(model, "cell_window", None) is None:
+        raise ValueError(f"rl.order_temperature draws the cell order of per-cell rollouts; {tdrm_path} was not "
+                         f"trained with one noise level per cell (distill.row_noise: "
+                         f"{ck['config']['distill']['row_noise']}): set rl.order_temperature: 0")
     for p in codec.teacher.parameters():
         p.requires_grad_(False)
     ref = copy.deepcopy(model).eval()

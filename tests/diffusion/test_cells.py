@@ -8,7 +8,7 @@ import torch
 from tdrm.config import Denoiser as DenoiserConfig, Distill
 from tdrm.diffusion.logprob import masked_gaussian_log_prob
 from tdrm.diffusion.losses import distillation_loss
-from tdrm.diffusion.samplers import revise_cells, row_step, sample_cells, top_margin
+from tdrm.diffusion.samplers import RowSlice, draw_gumbel, revise_cells, row_step, sample_cells, top_margin
 from tdrm.diffusion.schedules import cell_levels, cell_starts, cells_started, make_schedule, q_sample
 from tdrm.models.denoiser import Denoiser
 from tdrm.train.distill import draw_levels
@@ -93,6 +93,59 @@ def test_sample_cells_records_its_order_and_every_step_is_on_its_schedule():
         p, p_next = torch.full((3,), m / 6, dtype=torch.float64), torch.full((3,), (m + 1) / 6, dtype=torch.float64)
         assert torch.equal(st.t, cell_levels(p, out.ranks, 0.3, 50))
         assert torch.equal(st.t_prev, cell_levels(p_next, out.ranks, 0.3, 50))
+
+
+def test_draw_gumbel_is_standard_gumbel_and_a_row_slice_gets_its_rows():
+    g = draw_gumbel((200_000,), torch.Generator().manual_seed(0)).double()
+    assert torch.isfinite(g).all()
+    assert abs(g.mean().item() - 0.5772157) < 0.01  # Euler-Mascheroni
+    assert abs(g.var().item() - math.pi ** 2 / 6) < 0.03
+    assert abs((g <= 0).double().mean().item() - math.exp(-1)) < 0.005  # CDF exp(-exp(-x)) at 0
+    full = draw_gumbel((5, 4), torch.Generator().manual_seed(1))
+    part = draw_gumbel((2, 4), RowSlice(torch.Generator().manual_seed(1), 5, slice(1, 3)))
+    assert torch.equal(part, full[1:3])
+
+
+def test_sample_cells_order_temperature_draws_the_order_as_a_softmax_of_the_confidence():
+    """tau = 0 is the confidence order, bitwise as without the option; tau > 0 draws it: between
+    two cells, the first placed is cell 0 with probability sigmoid((c0 - c1) / tau) (Gumbel-top-k),
+    and any drawn order still reproduces the truth with the exact x0, every step on its schedule;
+    a RowSlice gets the rows of the whole batch's draw."""
+    s = make_schedule("cosine", 50)
+    x0 = torch.randn(3, 2, 7, 4, generator=torch.Generator().manual_seed(0))
+    xT = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    scores = torch.rand(3, 7, generator=torch.Generator().manual_seed(2))
+
+    def run(tau, seed=3, m=None, x=xT, sc=scores, gen=None):
+        return sample_cells(m or Oracle(x0), x, s, generator=gen or torch.Generator().manual_seed(seed), steps=6,
+                            window=0.3, confidence=lambda x0_hat: sc, eta=1.0, return_path=True,
+                            order_temperature=tau)
+    base = sample_cells(Oracle(x0), xT, s, generator=torch.Generator().manual_seed(3), steps=6, window=0.3,
+                        confidence=lambda x0_hat: scores, eta=1.0, return_path=True)  # without the option
+    zero = run(0.0)
+    assert torch.equal(base.ranks, zero.ranks) and torch.equal(base.x0, zero.x0)
+    drawn = [run(0.5, seed) for seed in range(6)]
+    assert len({tuple(d.ranks.flatten().tolist()) for d in drawn}) > 1  # the order varies with the generator
+    for d in drawn:
+        assert torch.equal(d.ranks.sort(-1).values, torch.arange(7).expand(3, -1))  # a permutation per sample
+        assert torch.allclose(d.x0, x0, atol=1e-5)
+        for m, st in enumerate(d.path):
+            p = torch.full((3,), m / 6, dtype=torch.float64)
+            assert torch.equal(st.t, cell_levels(p, d.ranks, 0.3, 50))
+    # two cells, confidence 0.3 and 0.1, tau 0.1: P(cell 0 first) = sigmoid(2) = 0.881
+    n = 4000
+    two = torch.zeros(n, 1, 2, 1)
+    c = torch.tensor([0.3, 0.1]).expand(n, -1)
+    out = sample_cells(Oracle(two), torch.randn(two.shape, generator=torch.Generator().manual_seed(4)), s,
+                       generator=torch.Generator().manual_seed(5), steps=4, window=0.5,
+                       confidence=lambda x0_hat: c, order_temperature=0.1)
+    assert abs((out.ranks[:, 0] == 0).double().mean().item() - 1 / (1 + math.exp(-2))) < 0.02
+    # a RowSlice: rows 1-2 of the whole batch's draw (noise and order alike)
+    part = run(0.5, m=Oracle(x0[1:3]), x=xT[1:3], sc=scores[1:3], gen=RowSlice(torch.Generator().manual_seed(0), 3,
+                                                                                     slice(1, 3)))
+    assert torch.equal(part.ranks, drawn[0].ranks[1:3])
+    with pytest.raises(ValueError, match="temperature"):
+        run(-1.0)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])

@@ -241,7 +241,7 @@ class ToyLevels(torch.nn.Module):
 TARGET = torch.tensor([[1.0, -1.0], [0.5, 0.5], [-1.0, 0.0]])  # one target point per row (cell)
 
 
-def _toy_levels_phase(estimator, kind, phases=15, seed=0, order="fresh"):
+def _toy_levels_phase(estimator, kind, phases=15, seed=0, order="fresh", temperature=0.0, ranks=None):
     torch.manual_seed(0)
     sched = make_schedule("cosine", 20)
     model, ref = ToyLevels(sched, kind), ToyLevels(sched, kind).requires_grad_(False)
@@ -254,7 +254,9 @@ def _toy_levels_phase(estimator, kind, phases=15, seed=0, order="fresh"):
     for _ in range(phases):
         puzzle = torch.zeros(32, 3, dtype=torch.long)  # 4 groups of 8
         s = generate(model, puzzle, sched, sampler="ddim", steps=5, eta=1.0, generator=gen, return_path=True,
-                     confidence=lambda x: -x[:, 0].square().sum(-1))
+                     confidence=lambda x: -x[:, 0].square().sum(-1), order_temperature=temperature)
+        if ranks is not None:
+            ranks.append(s.ranks)
         r = -(s.x0.reshape(32, 3, 2) - TARGET).square().sum((-1, -2))
         means.append(r.mean().item())
         if estimator == "rft":
@@ -297,6 +299,23 @@ def test_forward_estimators_re_noising_in_the_rollout_order_train_a_per_cell_cha
     seen.clear()
     assert _toy_levels_phase(estimator, "cells", order="fresh")[0] != a  # the order changes what is trained
     assert seen and all(r is None for r in seen)
+
+
+@pytest.mark.parametrize("estimator", ["awm", "rft"])
+def test_forward_estimators_on_rollouts_with_a_drawn_cell_order(estimator):
+    """`order_temperature` > 0: the rollouts of one group start their cells in different orders
+    (with tau = 0 they take one), and re-noising each in its own order still raises the reward."""
+    ranks = []
+    a, point = _toy_levels_phase(estimator, "cells", order="rollout", temperature=1.0, ranks=ranks)
+    assert np.mean(a[-3:]) > np.mean(a[:3]) + 1.0, a
+    assert (point - TARGET).norm() < TARGET.norm()
+    assert _toy_levels_phase(estimator, "cells", order="rollout", temperature=1.0)[0] == a  # seeded
+    ranks0 = []
+    _toy_levels_phase(estimator, "cells", order="rollout", ranks=ranks0)
+    # once the points have moved off 0 (after the first phases), tau = 0 gives the 8 rollouts of a
+    # group one order; tau = 1 several
+    assert all(len(torch.unique(r[:8], dim=0)) == 1 for r in ranks0[5:])
+    assert all(len(torch.unique(r[:8], dim=0)) > 1 for r in ranks[5:])
 
 
 def test_renoise_levels_in_given_orders():
@@ -517,7 +536,10 @@ def test_rl_refuses_bad_settings(distilled, tmp_path):
                       ({"awm_levels": 0}, "awm_levels"), ({"awm_max_level": 1.5}, "awm_max_level"),
                       ({"spg_beta": 0.0}, "spg_beta"), ({"spg_mix": -0.1}, "spg_mix"),
                       ({"renoise_order": "random"}, "rl.renoise_order must be"),
-                      ({"renoise_order": "rollout"}, "not trained with one noise level per cell")]:
+                      ({"renoise_order": "rollout"}, "not trained with one noise level per cell"),
+                      ({"order_temperature": -0.1}, "rl.order_temperature must be"),
+                      ({"order_temperature": 0.5, "estimator": "grpo"}, "carry no term for that draw"),
+                      ({"order_temperature": 0.5, "estimator": "awm"}, "draws the cell order of per-cell")]:
         with pytest.raises(ValueError, match=msg):
             train_rl(tiny_params({"rl": over}), distilled / "tdrm.pt", distilled, tmp_path / "x.pt", progress=False)
 

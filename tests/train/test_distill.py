@@ -180,7 +180,8 @@ def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, 
         trained = load_tdrm(tmp_path / "rl.pt")[0]
         assert (trained.row_lag, trained.cell_window) == (model.row_lag, model.cell_window)
         assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), model.state_dict().values()))
-        order = {**rl, "estimator": "awm", "renoise_order": "rollout"}  # re-noise in each rollout's cell order
+        # re-noise in each rollout's cell order, the order drawn around the confidence order (exploration)
+        order = {**rl, "estimator": "awm", "renoise_order": "rollout", "order_temperature": 0.5}
         if arm["row_noise"] == "cells":
             res = train_rl(tiny_params({**over, "rl": order}), tmp_path / "tdrm.pt", d, tmp_path / "rl2.pt",
                            progress=False)
@@ -189,6 +190,9 @@ def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, 
             with pytest.raises(ValueError, match="rl.renoise_order rollout"):
                 train_rl(tiny_params({**over, "rl": order}), tmp_path / "tdrm.pt", d, tmp_path / "x.pt",
                          progress=False)
+            with pytest.raises(ValueError, match="rl.order_temperature draws"):
+                train_rl(tiny_params({**over, "rl": {**rl, "estimator": "awm", "order_temperature": 0.5}}),
+                         tmp_path / "tdrm.pt", d, tmp_path / "x.pt", progress=False)
 
 
 def test_error_correcting_batches_are_built_from_detached_predictions(setup, monkeypatch):
