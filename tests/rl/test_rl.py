@@ -316,6 +316,10 @@ def test_forward_estimators_on_rollouts_with_a_drawn_cell_order(estimator):
     # group one order; tau = 1 several
     assert all(len(torch.unique(r[:8], dim=0)) == 1 for r in ranks0[5:])
     assert all(len(torch.unique(r[:8], dim=0)) > 1 for r in ranks[5:])
+    rows = ToyLevels(make_schedule("cosine", 20), "rows")  # one level per row: no cell order to draw
+    with pytest.raises(ValueError, match="cell-order temperature"):
+        generate(rows, torch.zeros(2, 3, dtype=torch.long), make_schedule("cosine", 20), sampler="ddim", steps=3,
+                 eta=1.0, generator=torch.Generator(), order_temperature=0.5)
 
 
 def test_renoise_levels_in_given_orders():
