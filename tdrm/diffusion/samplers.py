@@ -305,14 +305,15 @@ def sample_cells(model, x_T, schedule: Schedule, *, generator: torch.Generator, 
         p_next = p0 + (1 - p0) * (m + 1) / steps
         x0_hat = model(x, t, cond) if b else torch.zeros_like(x)
         need = cells_started(p_next, cells, window)
-        if need > placed and order_temperature > 0:  # drawn whatever the rows (a RowSlice: every rank alike)
-            gumbel = draw_gumbel((b, cells), generator).to(dev)  # (B, L)
-        if need > placed and b:
-            conf = confidence(x0_hat).float().masked_fill(ranks >= 0, float("-inf"))  # (B, L)
-            if order_temperature > 0:
-                conf = conf / order_temperature + gumbel  # +-inf (prefix, placed cells) stay
-            pick = conf.topk(need - placed, dim=-1).indices  # (B, n) most confident first
-            ranks.scatter_(1, pick, torch.arange(placed, need, device=dev).expand(b, -1))
+        if need > placed:
+            # drawn whatever the rows, so a RowSlice's generator advances alike on every rank
+            gumbel = draw_gumbel((b, cells), generator).to(dev) if order_temperature > 0 else None  # (B, L)
+            if b:
+                conf = confidence(x0_hat).float().masked_fill(ranks >= 0, float("-inf"))  # (B, L)
+                if gumbel is not None:
+                    conf = conf / order_temperature + gumbel  # +-inf (prefix, placed cells) stay
+                pick = conf.topk(need - placed, dim=-1).indices  # (B, n) most confident first
+                ranks.scatter_(1, pick, torch.arange(placed, need, device=dev).expand(b, -1))
             placed = need
         t_next = levels(p_next)
         mean, sigma = row_step(schedule, x, x0_hat, t, t_next, eta, sigma_floor)  # sigma (B, 1, L)

@@ -144,6 +144,12 @@ def test_sample_cells_order_temperature_draws_the_order_as_a_softmax_of_the_conf
     part = run(0.5, m=Oracle(x0[1:3]), x=xT[1:3], sc=scores[1:3], gen=RowSlice(torch.Generator().manual_seed(0), 3,
                                                                                      slice(1, 3)))
     assert torch.equal(part.ranks, drawn[0].ranks[1:3])
+    # a rank without rows advances its generator as the ranks with rows do
+    gens = [torch.Generator().manual_seed(0) for _ in range(2)]
+    for g, rows in zip(gens, (slice(3, 3), slice(0, 3))):
+        sample_cells(Oracle(x0[rows]), xT[rows], s, generator=RowSlice(g, 3, rows), steps=6, window=0.3,
+                     confidence=lambda x0_hat: scores[rows], eta=1.0, order_temperature=0.5)
+    assert torch.equal(gens[0].get_state(), gens[1].get_state())
     with pytest.raises(ValueError, match="temperature"):
         run(-1.0)
 
