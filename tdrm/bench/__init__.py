@@ -8,7 +8,8 @@ tdrm: TDRM checkpoints against their teacher on one split (issue 13's ablation t
 accuracy with 95% CI at the checkpoint's own sampler, exact McNemar paired tests against the
 teacher and against the first checkpoint, decode accuracy per trajectory row, where the chain
 decides the board (accuracy by denoiser call, cells still changing, early errors fixed later) and
-inference FLOPs per puzzle.
+inference FLOPs per puzzle, and the teacher-as-corrector baseline; all from one sampling chain
+per checkpoint and puzzle (`seconds`: that chain's wall time, diagnosis and corrector included).
 kernels: the whole-model rows of the kernel benchmark (tdrm/bench/kernels.py; GPU, or
 `--device cpu --small` as a smoke run).
 scaling: training throughput of the teacher, distill (and rl) loops under torchrun at 1, 2, ... processes
@@ -281,8 +282,8 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
     from ..data.dataset import load_split
     from ..data.board import to_tokens
     from ..eval.compare import teacher_run
-    from ..eval.metrics import mcnemar_exact
-    from ..eval.tdrm import chain_diagnosis, evaluate_tdrm, inference_cost
+    from ..eval.metrics import mcnemar_exact, wilson
+    from ..eval.tdrm import chain_diagnosis, inference_cost
     from ..checkpoint import load_tdrm
 
     ps = load_split(data_dir, split)
@@ -304,57 +305,37 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
                          "ci95": "[{:.3f}, {:.3f}]".format(*t_res["ci95"]),
                          "by_row": " ".join(f"{v:.3f}" for v in t_res["per_step_exact_accuracy"]),
                          "gflops": cost["teacher_flops"] / 1e9})
-        t0 = time.perf_counter()
-        res = evaluate_tdrm(model, codec, schedule, ps, sampler="ddim", steps=s, eta=0.0, samples=1,
-                            seed=ck["config"]["common"]["seed"], batch_size=batch_size, device=device)
-        secs = time.perf_counter() - t0
+        t0 = time.perf_counter()  # one chain per puzzle: the one-sample result, its diagnosis and the corrector
         diag = chain_diagnosis(model, codec, schedule, ps, steps=s, seed=ck["config"]["common"]["seed"],
-                               batch_size=batch_size, device=device)
+                               batch_size=batch_size, device=device, corrector_steps=3)
+        secs = time.perf_counter() - t0
+        correct = diag["correct"]
+        lo, hi = wilson(int(correct.sum()), len(correct))
         tokens = torch.as_tensor(to_tokens(ps.puzzles[:8]), device=device)
         cost = inference_cost(codec, model, tokens, diag["calls"])
-        vs_t = mcnemar_exact(list(res["correct"]), list(teacher_correct))
+        vs_t = mcnemar_exact(list(correct), list(teacher_correct))
         arms = {k: d.get(k) for k in ("state", "row_noise", "row_lag", "cell_window", "ce_rows", "self_correct_prob",
                                         "chain_prob")}
         arms["recur"] = d["denoiser"].get("recur", 1)
         arms["latent_cond"] = d["denoiser"].get("latent_cond", False)
-        row = {"model": path, "arms": " ".join(f"{k}={v}" for k, v in arms.items()), "n": res["n"],
-               "exact": res["exact_accuracy"], "ci95": "[{:.3f}, {:.3f}]".format(*res["ci95"]),
+        row = {"model": path, "arms": " ".join(f"{k}={v}" for k, v in arms.items()), "n": len(correct),
+               "exact": float(correct.mean()), "ci95": f"[{lo:.3f}, {hi:.3f}]",
                "calls": diag["calls"], "vs_teacher": f"{vs_t['only_first']}/{vs_t['only_second']} p={vs_t['p_value']:.2g}",
                "by_row": " ".join(f"{v:.3f}" for v in diag["exact_by_row"]),
                "by_call": " ".join(f"{v:.2f}" for v in diag["exact_by_call"]),
                "cells": diag["cell_by_call"][-1],
                "changed_after_early": float(np.sum(diag["blank_changed_by_call"][diag["early_call"]:])),
                "early_fixed": diag["wrong_after_early_fixed_at_end"],
-               "gflops": cost["tdrm_flops"] / 1e9, "seconds": secs}
-        row.update(_corrector(model, codec, schedule, ps, s, ck["config"]["common"]["seed"], batch_size, device))
+               "gflops": cost["tdrm_flops"] / 1e9, "seconds": secs,
+               "teacher_corrector": " ".join(f"{v:.3f}" for v in diag["corrector_exact"])}
         if first is None:
-            first = res["correct"]
+            first = correct
         else:
-            v = mcnemar_exact(list(res["correct"]), list(first))
+            v = mcnemar_exact(list(correct), list(first))
             row["vs_first"] = f"{v['only_first']}/{v['only_second']} p={v['p_value']:.2g}"
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
-
-
-@torch.no_grad()
-def _corrector(model, codec, schedule, ps, steps: int, seed: int, batch_size: int, device, teacher_steps: int = 3):
-    """Teacher-as-corrector baseline: exact accuracy after 1..teacher_steps teacher supervision
-    steps from the TDRM sample (same seed as the main evaluation, so the same samples)."""
-    from ..data.board import to_tokens
-    from ..diffusion.sampling import generate
-    from ..eval.tdrm import teacher_corrected
-    gen = torch.Generator().manual_seed(seed)
-    right = []
-    for i in range(0, len(ps), batch_size):
-        tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + batch_size]), device=device)
-        x = generate(model, tokens, schedule, sampler="ddim", steps=steps, eta=0.0, generator=gen,
-                     confidence=codec.cell_confidence)
-        digits = teacher_corrected(codec, x, tokens, teacher_steps)  # (S, B, N)
-        sol = torch.as_tensor(ps.solutions[i:i + batch_size], device=device).long()
-        right.append((digits == sol[None]).all(-1).float().sum(1).cpu())
-    acc = torch.stack(right).sum(0) / len(ps)
-    return {"teacher_corrector": " ".join(f"{v:.3f}" for v in acc.tolist())}
 
 
 def _print(rows: list[dict]) -> None:

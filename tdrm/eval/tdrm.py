@@ -180,17 +180,22 @@ def inference_cost(codec, model, tokens: torch.Tensor, steps: int) -> dict:
 
 @torch.no_grad()
 def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: int, batch_size: int = 256,
-                    device="cpu", early: int | None = None) -> dict:
+                    device="cpu", early: int | None = None, corrector_steps: int = 0) -> dict:
     """Where the deterministic sampling chain decides the board (issue 13, section 1).
 
     For every denoiser call m of a `steps`-call chain (DDIM eta 0, or the rolling per-row schedule),
     the answer decoded from that call's estimate x0_hat: exact and cell accuracy, and the share of
     blank cells whose decoded digit differs from the previous call's. `early` (default steps // 3):
     of the blank cells wrong after call `early`, the share right at the end (the chain correcting
-    itself). Per row k of the final trajectory: its decoded exact accuracy (progress along rows)."""
+    itself). Per row k of the final trajectory: its decoded exact accuracy (progress along rows).
+    The chain is the one-sample evaluation's (same seed, batches and draws), so `boards` (M, N) and
+    `correct` (M,) bool, per puzzle, are `evaluate_tdrm(..., samples=1, eta=0)`'s without sampling
+    again (drop both before writing JSON); with
+    `corrector_steps` > 0, `corrector_exact` is the teacher-as-corrector baseline's exact accuracy
+    after 1..corrector_steps teacher supervision steps from the same samples."""
     gen = torch.Generator().manual_seed(seed)
     early = max(1, steps // 3) if early is None else early
-    exact, cell, changed, rows_exact = [], [], [], []
+    exact, cell, changed, rows_exact, finals, corrected = [], [], [], [], [], []
     wrong_early = fixed_later = blanks = 0
     for i in range(0, len(ps), batch_size):
         p = torch.as_tensor(ps.puzzles[i:i + batch_size], device=device).long()
@@ -212,8 +217,16 @@ def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: 
         fixed_later += int((we & right[-1]).sum())
         rows = logits_to_digits(codec.step_logits(out.x0))  # (B, K, N)
         rows_exact.append((rows == s[:, None]).all(-1).float().sum(0).cpu())
+        finals.append(rows[:, -1].cpu())  # (B, N) the last row's board, as evaluate_tdrm decodes it
+        if corrector_steps:
+            digits = teacher_corrected(codec, out.x0, tokens, corrector_steps)  # (S, B, N)
+            corrected.append((digits == s[None]).all(-1).float().sum(1).cpu())
     n = len(ps)
-    return {"n": n, "calls": len(exact[0]), "early_call": early,
+    extra = {"corrector_exact": [float(v) for v in torch.stack(corrected).sum(0) / n]} if corrector_steps else {}
+    boards = torch.cat(finals)  # (M, N)
+    correct = (boards == torch.as_tensor(ps.solutions).long()).all(-1)
+    return {"n": n, "calls": len(exact[0]), "early_call": early, "boards": boards.numpy(), "correct": correct.numpy(),
+            **extra,
             "exact_by_call": [float(v) for v in torch.stack(exact).sum(0) / n],
             "cell_by_call": [float(v) for v in torch.stack(cell).sum(0) / n],
             "blank_changed_by_call": [float(v) for v in torch.stack(changed).sum(0) / max(blanks, 1)],

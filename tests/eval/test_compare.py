@@ -234,3 +234,38 @@ def test_board_agreement_with_teacher_counts_puzzles_whose_step_k_board_is_the_t
     decode = lambda s: ev.logits_to_digits(codec.teacher.lm_head(s))  # noqa: E731
     assert bool((decode(y_other[1::2, 1::2]) != decode(y[1::2, 1::2])).any(-1).all())  # the other boards differ
     assert res["per_step_board_agreement_with_teacher"] == pytest.approx([1.0 if i % 2 == 0 else 0.5 for i in range(k)])
+
+
+def test_chain_diagnosis_is_the_one_sample_evaluation_and_its_corrector(tmp_path):
+    """The bench samples once per checkpoint: the diagnosis's final boards are the one-sample
+    evaluation's (same seed, several batches), and its corrector accuracy is the teacher's steps
+    run from a separately generated chain of the same seed."""
+    import numpy as np
+    import tdrm.eval.tdrm as ev
+    from tdrm.checkpoint import load_tdrm
+    from tdrm.data.board import to_tokens
+    from tdrm.data.dataset import load_split
+    from tdrm.train.distill import train_distill
+    from tests.conftest import tiny_params, tiny_traces
+    teacher = tiny_traces(tmp_path, 30, 20)
+    train_distill(tiny_params({"distill": {"steps": 5, "eval_every": 0}}), tmp_path / "tr", teacher,
+                  tmp_path / "tdrm.pt", progress=False)
+    model, codec, sched, _ = load_tdrm(tmp_path / "tdrm.pt")
+    ps = load_split(tmp_path, "test").take(list(range(40)))
+    one = ev.evaluate_tdrm(model, codec, sched, ps, sampler="ddim", steps=3, eta=0.0, samples=1, seed=7, batch_size=16)
+    diag = ev.chain_diagnosis(model, codec, sched, ps, steps=3, seed=7, batch_size=16, corrector_steps=2)
+    assert np.array_equal(diag["boards"], one["boards"]) and np.array_equal(diag["correct"], one["correct"])
+    assert not np.array_equal(diag["boards"][:16], diag["boards"][16:32])  # distinct draws per batch
+    gen, after = torch.Generator().manual_seed(7), []
+    for i in range(0, 40, 16):
+        tokens = torch.as_tensor(to_tokens(ps.puzzles[i:i + 16]))
+        x = ev.generate(model, tokens, sched, sampler="ddim", steps=3, eta=0.0, generator=gen,
+                        confidence=codec.cell_confidence)
+        after.append(ev.teacher_corrected(codec, x, tokens, 2))  # (2, b, N)
+    after = torch.cat(after, 1)  # (2, 40, N) the digits after 1 and 2 teacher steps
+    assert not torch.equal(after[1, :20], after[1, 20:])
+    ps.solutions[::2] = after[1, ::2].numpy()  # "solutions" the corrector reaches on the even puzzles
+    want = (after == torch.as_tensor(ps.solutions).long()[None]).all(-1).float().mean(1)  # (2,) 0.5 at step 2
+    diag = ev.chain_diagnosis(model, codec, sched, ps, steps=3, seed=7, batch_size=16, corrector_steps=2)
+    assert want[1] >= 0.5 and diag["corrector_exact"] == pytest.approx(want.tolist())
+    assert "corrector_exact" not in ev.chain_diagnosis(model, codec, sched, ps.take([0]), steps=3, seed=7)
