@@ -190,9 +190,9 @@ def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: 
     itself). Per row k of the final trajectory: its decoded exact accuracy (progress along rows).
     The chain is the one-sample evaluation's (same seed, batches and draws), so `boards` (M, N) and
     `correct` (M,) bool, per puzzle, are `evaluate_tdrm(..., samples=1, eta=0)`'s without sampling
-    again (drop both before writing JSON); with
-    `corrector_steps` > 0, `corrector_exact` is the teacher-as-corrector baseline's exact accuracy
-    after 1..corrector_steps teacher supervision steps from the same samples."""
+    again (drop both before writing JSON). With `corrector_steps` > 0, `corrector_exact` is the
+    teacher-as-corrector baseline's exact accuracy after 1..corrector_steps teacher supervision
+    steps from the same samples."""
     gen = torch.Generator().manual_seed(seed)
     early = max(1, steps // 3) if early is None else early
     exact, cell, changed, rows_exact, finals, corrected = [], [], [], [], [], []
