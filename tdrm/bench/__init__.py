@@ -290,7 +290,7 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
     if limit:
         ps = ps.take(np.arange(min(limit, len(ps))))
     rows, first = [], None
-    teacher_correct = None
+    teacher_correct = teacher_boards = None
     for path in checkpoints:
         model, codec, schedule, ck = load_tdrm(path, device)
         d = ck["config"]["distill"]
@@ -298,7 +298,7 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
         if teacher_correct is None:
             k = model.K // codec.layout.rows_per_step
             t_res, _ = teacher_run(codec.teacher, ps, batch_size, device, k)
-            teacher_correct = t_res["correct"]
+            teacher_correct, teacher_boards = t_res["correct"], t_res["step_boards"]
             tokens = torch.as_tensor(to_tokens(ps.puzzles[:8]), device=device)
             cost = inference_cost(codec, model, tokens, s)
             rows.append({"model": "teacher", "n": t_res["n"], "exact": t_res["exact_accuracy"],
@@ -307,7 +307,8 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
                          "gflops": cost["teacher_flops"] / 1e9})
         t0 = time.perf_counter()  # one chain per puzzle: the one-sample result, its diagnosis and the corrector
         diag = chain_diagnosis(model, codec, schedule, ps, steps=s, seed=ck["config"]["common"]["seed"],
-                               batch_size=batch_size, device=device, corrector_steps=3)
+                               batch_size=batch_size, device=device, corrector_steps=3,
+                               teacher_boards=teacher_boards)
         secs = time.perf_counter() - t0
         correct = diag["correct"]
         lo, hi = wilson(int(correct.sum()), len(correct))
@@ -322,6 +323,7 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
                "exact": float(correct.mean()), "ci95": f"[{lo:.3f}, {hi:.3f}]",
                "calls": diag["calls"], "vs_teacher": f"{vs_t['only_first']}/{vs_t['only_second']} p={vs_t['p_value']:.2g}",
                "by_row": " ".join(f"{v:.3f}" for v in diag["exact_by_row"]),
+               "agree_by_row": " ".join(f"{v:.3f}" for v in diag["agreement_by_row"]),
                "by_call": " ".join(f"{v:.2f}" for v in diag["exact_by_call"]),
                "cells": diag["cell_by_call"][-1],
                "changed_after_early": float(np.sum(diag["blank_changed_by_call"][diag["early_call"]:])),

@@ -22,6 +22,8 @@ from .teacher import score
 def teacher_run(teacher, ps: PuzzleSet, batch_size: int, device, steps: int,
                 world: World = SINGLE) -> tuple[dict, torch.Tensor]:
     """Teacher metrics over `steps` supervision steps and its y states at the cells (M, K, L, D).
+    The metrics' `correct` (M,) and `step_boards` (M, K, L), the decoded board after each step, are
+    per-puzzle arrays (not for JSON).
     Data parallel (`world`): the metrics are of all puzzles, the states those of this rank's rows
     `dist.rows` of every batch (what `evaluate_tdrm` pairs them with)."""
     t0 = time.perf_counter()
@@ -40,11 +42,12 @@ def teacher_run(teacher, ps: PuzzleSet, batch_size: int, device, steps: int,
     res = score(preds, ps)
     res["seconds"] = time.perf_counter() - t0
     res["correct"] = (preds[-1] == ps.solutions).all(-1)
+    res["step_boards"] = rearrange(preds, "k m l -> m k l")  # (M, K, L) int8 digits after each step
     return res, (torch.cat(ys) if ys else torch.zeros((0, steps, ps.puzzles.shape[1], teacher.cfg.hidden)))
 
 
 def _strip(res: dict) -> dict:
-    return {k: v for k, v in res.items() if k not in ("correct", "boards")}  # per-puzzle arrays
+    return {k: v for k, v in res.items() if k not in ("correct", "boards", "step_boards")}  # per-puzzle arrays
 
 
 def _summary(res: dict) -> dict:

@@ -180,7 +180,8 @@ def inference_cost(codec, model, tokens: torch.Tensor, steps: int) -> dict:
 
 @torch.no_grad()
 def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: int, batch_size: int = 256,
-                    device="cpu", early: int | None = None, corrector_steps: int = 0) -> dict:
+                    device="cpu", early: int | None = None, corrector_steps: int = 0,
+                    teacher_boards: np.ndarray | None = None) -> dict:
     """Where the deterministic sampling chain decides the board (issue 13, section 1).
 
     For every denoiser call m of a `steps`-call chain (DDIM eta 0, or the rolling per-row schedule),
@@ -192,10 +193,15 @@ def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: 
     `correct` (M,) bool, per puzzle, are `evaluate_tdrm(..., samples=1, eta=0)`'s without sampling
     again (drop both before writing JSON). With `corrector_steps` > 0, `corrector_exact` is the
     teacher-as-corrector baseline's exact accuracy after 1..corrector_steps teacher supervision
-    steps from the same samples."""
+    steps from the same samples. With `teacher_boards` (M, K', N) digits, the teacher's decoded board
+    after each supervision step (`teacher_run`'s `step_boards`, K' >= the model's K steps),
+    `agreement_by_row` is the share of puzzles whose row k board is the teacher's board at step k
+    (the last K of the teacher's), as `evaluate_tdrm`'s `per_step_board_agreement_with_teacher`."""
     gen = torch.Generator().manual_seed(seed)
     early = max(1, steps // 3) if early is None else early
-    exact, cell, changed, rows_exact, finals, corrected = [], [], [], [], [], []
+    if teacher_boards is not None and len(teacher_boards) != len(ps):
+        raise ValueError(f"teacher_boards holds {len(teacher_boards)} puzzles, the set {len(ps)}")
+    exact, cell, changed, rows_exact, finals, corrected, agree = [], [], [], [], [], [], []
     wrong_early = fixed_later = blanks = 0
     for i in range(0, len(ps), batch_size):
         p = torch.as_tensor(ps.puzzles[i:i + batch_size], device=device).long()
@@ -217,12 +223,17 @@ def chain_diagnosis(model, codec, schedule, ps: PuzzleSet, *, steps: int, seed: 
         fixed_later += int((we & right[-1]).sum())
         rows = logits_to_digits(codec.step_logits(out.x0))  # (B, K, N)
         rows_exact.append((rows == s[:, None]).all(-1).float().sum(0).cpu())
+        if teacher_boards is not None:
+            ref = torch.as_tensor(teacher_boards[i:i + batch_size, -rows.shape[1]:], device=device).long()  # (B, K, N)
+            agree.append((rows == ref).all(-1).float().sum(0).cpu())
         finals.append(rows[:, -1].cpu())  # (B, N) the last row's board, as evaluate_tdrm decodes it
         if corrector_steps:
             digits = teacher_corrected(codec, out.x0, tokens, corrector_steps)  # (S, B, N)
             corrected.append((digits == s[None]).all(-1).float().sum(1).cpu())
     n = len(ps)
     extra = {"corrector_exact": [float(v) for v in torch.stack(corrected).sum(0) / n]} if corrector_steps else {}
+    if teacher_boards is not None:
+        extra["agreement_by_row"] = [float(v) for v in torch.stack(agree).sum(0) / n]
     boards = torch.cat(finals)  # (M, N)
     correct = (boards == torch.as_tensor(ps.solutions).long()).all(-1)
     return {"n": n, "calls": len(exact[0]), "early_call": early, "boards": boards.numpy(), "correct": correct.numpy(),

@@ -269,3 +269,44 @@ def test_chain_diagnosis_is_the_one_sample_evaluation_and_its_corrector(tmp_path
     diag = ev.chain_diagnosis(model, codec, sched, ps, steps=3, seed=7, batch_size=16, corrector_steps=2)
     assert want[1] >= 0.5 and diag["corrector_exact"] == pytest.approx(want.tolist())
     assert "corrector_exact" not in ev.chain_diagnosis(model, codec, sched, ps.take([0]), steps=3, seed=7)
+
+
+def test_chain_diagnosis_board_agreement_with_the_teachers_steps(tmp_path):
+    """The bench's per-row agreement with the teacher's boards is `evaluate_tdrm`'s (from the
+    teacher's states), and counts exactly the puzzles whose row k board is the given step k board."""
+    import numpy as np
+    import tdrm.eval.tdrm as ev
+    from tdrm.checkpoint import load_tdrm
+    from tdrm.data.board import logits_to_digits, to_tokens
+    from tdrm.data.dataset import load_split
+    from tdrm.eval.compare import teacher_run
+    from tdrm.train.distill import train_distill
+    from tests.conftest import tiny_params, tiny_traces
+    teacher = tiny_traces(tmp_path, 30, 20)
+    train_distill(tiny_params({"distill": {"steps": 5, "eval_every": 0}}), tmp_path / "tr", teacher,
+                  tmp_path / "tdrm.pt", progress=False)
+    model, codec, sched, _ = load_tdrm(tmp_path / "tdrm.pt")
+    ps = load_split(tmp_path, "test").take(list(range(40)))
+    t_res, t_y = teacher_run(codec.teacher, ps, 16, "cpu", model.K)
+    assert t_res["step_boards"].shape == (40, model.K, ps.puzzles.shape[1])
+    assert np.array_equal((t_res["step_boards"][:, -1] == ps.solutions).all(-1), t_res["correct"])
+    one = ev.evaluate_tdrm(model, codec, sched, ps, sampler="ddim", steps=3, eta=0.0, samples=1, seed=7,
+                           batch_size=16, reference=t_y)
+    diag = ev.chain_diagnosis(model, codec, sched, ps, steps=3, seed=7, batch_size=16,
+                              teacher_boards=t_res["step_boards"])
+    assert diag["agreement_by_row"] == pytest.approx(one["per_step_board_agreement_with_teacher"])
+    gen, rows = torch.Generator().manual_seed(7), []
+    for i in range(0, 40, 16):  # the same chains: each row's board
+        x = ev.generate(model, torch.as_tensor(to_tokens(ps.puzzles[i:i + 16])), sched, sampler="ddim", steps=3,
+                        eta=0.0, generator=gen, confidence=codec.cell_confidence)
+        rows.append(logits_to_digits(codec.step_logits(x)).to(torch.int8).numpy())  # (b, K, N)
+    rows = np.concatenate(rows)
+    boards = t_res["step_boards"].copy()
+    boards[::2] = rows[::2]  # the teacher "agrees" on the even puzzles at every step
+    boards[::4, 0] = (rows[::4, 0] % 4) + 1  # and not at step 1 of every fourth (a digit changed everywhere)
+    want = (rows == boards).all(-1).mean(0)  # (K,)
+    assert want[0] >= 0.25 and want[-1] >= 0.5 and want[0] < want[-1]
+    diag = ev.chain_diagnosis(model, codec, sched, ps, steps=3, seed=7, batch_size=16, teacher_boards=boards)
+    assert diag["agreement_by_row"] == pytest.approx(want.tolist())
+    with pytest.raises(ValueError, match="teacher_boards holds 39 puzzles"):
+        ev.chain_diagnosis(model, codec, sched, ps, steps=3, seed=7, teacher_boards=boards[:39])
