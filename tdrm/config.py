@@ -150,6 +150,7 @@ class Denoiser:
     arch: str = "dit"  # dit (the transformer above) | move (row k = a TRM step from row k-1, plus a learned correction)
     init: str = "random"  # arch move: random | teacher (the TRM core starts as a copy of the teacher's network)
     latent_cond: bool = False  # latent self-conditioning: each call also reads the previous call's hidden state (RIN)
+    row_causal: bool = False  # factorised attention over steps causal: row k reads the puzzle and rows <= k only
 
 
 @dataclass(frozen=True)

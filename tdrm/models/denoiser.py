@@ -4,7 +4,9 @@ Input x_t (B, K, L, C) is the noised standardised trajectory; the puzzle enters 
 L conditioning tokens in front of the K trajectory rows (DiffuSeq-style partial noising), so the
 token grid is (K+1) x L. When the traces keep the teacher's P prefix positions (L = P + N cells),
 those positions of the conditioning row are learned embeddings. Attention is either full over all (K+1) L tokens or factorised: blocks
-alternate attention over steps (per cell) and over cells (per step). Time enters by adaLN-Zero
+alternate attention over steps (per cell) and over cells (per step); with `row_causal` the
+attention over steps is causal, so row k reads the puzzle row and rows 1..k only (a row is
+computed from the rows before it, as the teacher's step k from its step k-1; issue 13). Time enters by adaLN-Zero
 (DiT, Peebles & Xie 2023): each block's shift/scale/gate come from the time embedding through a
 zero-initialised linear, so every block starts as the identity. The output is x0_hat (B, K, L, C).
 
@@ -40,10 +42,11 @@ class SelfAttention(nn.Module):
         self.qkv = Linear(dim, 3 * dim, g)
         self.out = Linear(dim, dim, g)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, S, D): attention over S for each of N sequences."""
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """x (N, S, D): attention over S for each of N sequences; `causal`: position s reads 0..s only
+        (plain torch: the fused kernel takes key masks, and S is the few trajectory rows here)."""
         q, k, v = rearrange(self.qkv(x), "n s (three h e) -> three n h s e", three=3, h=self.heads)
-        o = attention(q, k, v)  # (N, H, S, E), kernels.attention
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True) if causal else attention(q, k, v)  # (N, H, S, E)
         return self.out(rearrange(o, "n h s e -> n s (h e)"))
 
 
@@ -72,9 +75,10 @@ class DenoiserBlock(nn.Module):
     """adaLN-Zero block; `axis` is `all`, `steps`, `cells` (attention) or `cells_mlp`: an MLP
     along the cell axis (MLP-Mixer / TRM's mlp_t token mixing, fixed cell-to-cell weights)."""
 
-    def __init__(self, dim: int, heads: int, expansion: float, axis: str, cells: int, g=None):
+    def __init__(self, dim: int, heads: int, expansion: float, axis: str, cells: int, g=None,
+                 causal: bool = False):
         super().__init__()
-        self.axis = axis
+        self.axis, self.causal = axis, causal  # causal: an attention over steps that reads earlier rows only
         self.attn = SwiGLU(cells, expansion, 8, g) if axis == "cells_mlp" else SelfAttention(dim, heads, g)
         self.mlp = SwiGLU(dim, expansion, 8, g)
         self.ada = nn.Linear(dim, 6 * dim)
@@ -107,7 +111,7 @@ class DenoiserBlock(nn.Module):
         if self.axis == "cells_mlp":
             return rearrange(self.attn(rearrange(x, "b k l d -> b k d l")), "b k d l -> b k l d")
         if self.axis == "steps":
-            return rearrange(self.attn(rearrange(x, "b k l d -> (b l) k d")), "(b l) k d -> b k l d", b=b)
+            return rearrange(self.attn(rearrange(x, "b k l d -> (b l) k d"), self.causal), "(b l) k d -> b k l d", b=b)
         return rearrange(self.attn(rearrange(x, "b k l d -> (b k) l d")), "(b k) l d -> b k l d", b=b)
 
     def _forward_cells(self, h: torch.Tensor, temb: CellTime) -> torch.Tensor:
@@ -145,6 +149,8 @@ class Denoiser(nn.Module):
             raise ValueError(f"denoiser recur must be >= 1, got {cfg.recur}")
         if cfg.cell_mixer not in ("attention", "mlp"):
             raise ValueError(f"denoiser cell_mixer must be 'attention' or 'mlp', got {cfg.cell_mixer!r}")
+        if cfg.row_causal and cfg.attention != "factorised":
+            raise ValueError("denoiser row_causal makes the attention over steps causal: it needs attention factorised")
         self.cfg, self.K, self.L, self.C, self.P = cfg, steps, cells, channels, prefix
         g = torch.Generator().manual_seed(cfg.init_seed)
         d = cfg.hidden
@@ -157,7 +163,8 @@ class Denoiser(nn.Module):
         cell_axis = "cells_mlp" if cfg.cell_mixer == "mlp" else "cells"
         axes = ["all"] * cfg.layers if cfg.attention == "full" else \
             [("steps", cell_axis)[i % 2] for i in range(cfg.layers)]
-        self.blocks = nn.ModuleList(DenoiserBlock(d, cfg.heads, cfg.expansion, a, cells, g) for a in axes)
+        self.blocks = nn.ModuleList(DenoiserBlock(d, cfg.heads, cfg.expansion, a, cells, g,
+                                                  causal=cfg.row_causal and a == "steps") for a in axes)
         self.final_ada = nn.Linear(d, 2 * d)
         self.out = nn.Linear(d, channels)
         for m in (self.final_ada, self.out):
@@ -261,6 +268,9 @@ def build_denoiser(cfg, steps: int, cells: int, channels: int, vocab: int, prefi
         raise ValueError(f"denoiser arch must be dit or move, got {dc.arch!r}")
     if table is not None:
         raise ValueError("denoiser arch move takes no puzzle ids (a teacher with model.puzzles > 1): use arch dit")
+    if dc.row_causal:
+        raise ValueError("denoiser row_causal is a dit option (arch move computes row k from row k-1 already): "
+                         "set distill.denoiser.row_causal: false with arch move")
     if dc.latent_cond:
         raise ValueError("denoiser latent_cond is a dit option (arch move carries the teacher's state instead): "
                          "set distill.denoiser.latent_cond: false with arch move")

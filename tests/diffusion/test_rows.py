@@ -153,6 +153,34 @@ def test_recursive_denoiser_r1_is_the_plain_one_and_r2_iterates_the_same_blocks(
         _denoiser(recur=0)
 
 
+def test_row_causal_denoiser_reads_the_puzzle_and_earlier_rows_only():
+    """With row_causal, a change anywhere in rows k.. (noisy input, self-conditioning estimate,
+    previous hidden state, per-row level) leaves the outputs of rows before k exactly as they were
+    and changes row k's; the same weights without it let the change reach the earlier rows."""
+    m = _denoiser(row_causal=True, latent_cond=True)
+    full = _denoiser(latent_cond=True)
+    full.load_state_dict(m.state_dict())  # no new parameters: the same network, attention unmasked
+    g = torch.Generator().manual_seed(3)
+    x, prev = torch.randn(2, 3, 8, 6, generator=g), torch.randn(2, 3, 8, 6, generator=g)
+    h, puzzle = torch.randn(2, 4, 8, 32, generator=g), torch.randint(1, 5, (2, 8), generator=g)
+    t = torch.tensor([[9, 20, 31], [40, 12, 3]])
+    for k in (1, 2):
+        x2, prev2, h2, t2 = x.clone(), prev.clone(), h.clone(), t.clone()
+        x2[:, k] += 1.0
+        prev2[:, k:] -= 0.5
+        h2[:, k + 1] += torch.randn(2, 8, 32, generator=g)  # hidden row k + 1 = trajectory row k (row 0: the puzzle)
+        t2[:, k] = 0
+        for change in [(x2, t, prev, h), (x, t2, prev, h), (x, t, prev2, h), (x, t, prev, h2)]:
+            a, b = m(x, t, puzzle, prev, h), m(*change[:2], puzzle, *change[2:])
+            assert torch.equal(a[:, :k], b[:, :k])
+            assert not torch.allclose(a[:, k], b[:, k])
+        assert not torch.allclose(full(x, t, puzzle, prev, h)[:, :k], full(x2, t, puzzle, prev, h)[:, :k])
+    # the last row reads every row; shared levels too
+    assert torch.equal(m(x, t[:, 0], puzzle, prev, h)[:, 0], m(x2, t[:, 0], puzzle, prev, h)[:, 0])
+    with pytest.raises(ValueError, match="row_causal.*factorised"):
+        _denoiser(row_causal=True, attention="full")
+
+
 def test_latent_cond_starts_as_the_plain_denoiser_and_reads_the_previous_hidden_state():
     """latent_cond adds the previous call's hidden state through a zero-initialised linear: freshly
     built it computes exactly the model without it, whatever the hidden state; trained (perturbed)

@@ -87,6 +87,7 @@ def test_per_row_levels_and_gradients_reach_the_core():
     ({}, {"init": "copy"}, "init must be random or teacher"),
     ({}, {"arch": "unet"}, "arch must be dit or move"),
     ({}, {"latent_cond": True}, "latent_cond is a dit option"),
+    ({}, {"row_causal": True}, "row_causal is a dit option"),
 ])
 def test_move_arch_refuses_what_it_cannot_model(over, den, msg):
     teacher = TRM(MODEL, cells=16, vocab=6)

@@ -141,11 +141,19 @@ ARMS = [{"row_noise": "rolling", "row_lag": 1.0, "spacing": 1.0}, {"row_noise": 
         {"self_correct_prob": 0.5, "chain_prob": 0.3,
          "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True}},
         {"row_noise": "cells", "cell_window": 0.3, "ce_rows": "all", "self_correct_prob": 0.5, "spacing": 1.0,
-         "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True}}]
+         "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True}},
+        {"ce_rows": "all", "self_correct_prob": 0.5,
+         "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True, "row_causal": True}}]
 
 
-@pytest.mark.parametrize("arm", ARMS, ids=lambda a: "+".join(f"{k}={v}" for k, v in a.items() if k != "denoiser")
-                         or "recur=2")
+def _arm_id(arm: dict) -> str:
+    """The arm's keys, the denoiser's where they differ from the tiny test's."""
+    den = arm.get("denoiser", {})
+    return "+".join([f"{k}={v}" for k, v in arm.items() if k != "denoiser"] +
+                    [f"{k}={v}" for k, v in den.items() if DISTILL["denoiser"].get(k) != v])
+
+
+@pytest.mark.parametrize("arm", ARMS, ids=_arm_id)
 def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, arm):
     """Each arm of issue 13 end to end on the tiny profile: training lowers the loss, the
     checkpoint reloads with its sampling schedule and `tdrm eval`'s evaluation runs."""
@@ -164,6 +172,7 @@ def test_every_issue13_switch_trains_checkpoints_and_evaluates(setup, tmp_path, 
     assert model.cell_window == (arm["cell_window"] if arm.get("row_noise") == "cells" else None)
     assert model.cfg.recur == arm.get("denoiser", {}).get("recur", 1)
     assert model.cfg.latent_cond == arm.get("denoiser", {}).get("latent_cond", False)
+    assert model.cfg.row_causal == arm.get("denoiser", {}).get("row_causal", False)
     assert sched.spacing == arm.get("spacing", p.distill.spacing)  # the sampler's time spacing travels with the checkpoint
     res = evaluate_tdrm(model, codec, sched, load_split(d, "val"), sampler="ddim", steps=6, eta=0.0, samples=1, seed=0)
     assert res["n"] == 30 and len(res["per_step_exact_accuracy_first_sample"]) == teacher.cfg.n_sup
