@@ -236,22 +236,34 @@ def test_board_agreement_with_teacher_counts_puzzles_whose_step_k_board_is_the_t
     assert res["per_step_board_agreement_with_teacher"] == pytest.approx([1.0 if i % 2 == 0 else 0.5 for i in range(k)])
 
 
-def test_chain_diagnosis_is_the_one_sample_evaluation_and_its_corrector(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_tdrm(tmp_path_factory):
+    """A 5-step tiny TDRM and its data folder, shared by the chain-diagnosis tests (loaded afresh by each)."""
+    from tdrm.train.distill import train_distill
+    from tests.conftest import tiny_params, tiny_traces
+    d = tmp_path_factory.mktemp("tiny_tdrm")
+    teacher = tiny_traces(d, 30, 20)
+    train_distill(tiny_params({"distill": {"steps": 5, "eval_every": 0}}), d / "tr", teacher, d / "tdrm.pt",
+                  progress=False)
+    return d
+
+
+def _tiny_chain(d):
+    """(model, codec, schedule, the first 40 test puzzles) of the `tiny_tdrm` folder."""
+    from tdrm.checkpoint import load_tdrm
+    from tdrm.data.dataset import load_split
+    model, codec, sched, _ = load_tdrm(d / "tdrm.pt")
+    return model, codec, sched, load_split(d, "test").take(list(range(40)))
+
+
+def test_chain_diagnosis_is_the_one_sample_evaluation_and_its_corrector(tiny_tdrm):
     """The bench samples once per checkpoint: the diagnosis's final boards are the one-sample
     evaluation's (same seed, several batches), and its corrector accuracy is the teacher's steps
     run from a separately generated chain of the same seed."""
     import numpy as np
     import tdrm.eval.tdrm as ev
-    from tdrm.checkpoint import load_tdrm
     from tdrm.data.board import to_tokens
-    from tdrm.data.dataset import load_split
-    from tdrm.train.distill import train_distill
-    from tests.conftest import tiny_params, tiny_traces
-    teacher = tiny_traces(tmp_path, 30, 20)
-    train_distill(tiny_params({"distill": {"steps": 5, "eval_every": 0}}), tmp_path / "tr", teacher,
-                  tmp_path / "tdrm.pt", progress=False)
-    model, codec, sched, _ = load_tdrm(tmp_path / "tdrm.pt")
-    ps = load_split(tmp_path, "test").take(list(range(40)))
+    model, codec, sched, ps = _tiny_chain(tiny_tdrm)
     one = ev.evaluate_tdrm(model, codec, sched, ps, sampler="ddim", steps=3, eta=0.0, samples=1, seed=7, batch_size=16)
     diag = ev.chain_diagnosis(model, codec, sched, ps, steps=3, seed=7, batch_size=16, corrector_steps=2)
     assert np.array_equal(diag["boards"], one["boards"]) and np.array_equal(diag["correct"], one["correct"])
@@ -271,22 +283,14 @@ def test_chain_diagnosis_is_the_one_sample_evaluation_and_its_corrector(tmp_path
     assert "corrector_exact" not in ev.chain_diagnosis(model, codec, sched, ps.take([0]), steps=3, seed=7)
 
 
-def test_chain_diagnosis_board_agreement_with_the_teachers_steps(tmp_path):
+def test_chain_diagnosis_board_agreement_with_the_teachers_steps(tiny_tdrm):
     """The bench's per-row agreement with the teacher's boards is `evaluate_tdrm`'s (from the
     teacher's states), and counts exactly the puzzles whose row k board is the given step k board."""
     import numpy as np
     import tdrm.eval.tdrm as ev
-    from tdrm.checkpoint import load_tdrm
     from tdrm.data.board import logits_to_digits, to_tokens
-    from tdrm.data.dataset import load_split
     from tdrm.eval.compare import teacher_run
-    from tdrm.train.distill import train_distill
-    from tests.conftest import tiny_params, tiny_traces
-    teacher = tiny_traces(tmp_path, 30, 20)
-    train_distill(tiny_params({"distill": {"steps": 5, "eval_every": 0}}), tmp_path / "tr", teacher,
-                  tmp_path / "tdrm.pt", progress=False)
-    model, codec, sched, _ = load_tdrm(tmp_path / "tdrm.pt")
-    ps = load_split(tmp_path, "test").take(list(range(40)))
+    model, codec, sched, ps = _tiny_chain(tiny_tdrm)
     t_res, t_y = teacher_run(codec.teacher, ps, 16, "cpu", model.K)
     assert t_res["step_boards"].shape == (40, model.K, ps.puzzles.shape[1])
     assert np.array_equal((t_res["step_boards"][:, -1] == ps.solutions).all(-1), t_res["correct"])
