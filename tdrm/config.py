@@ -177,6 +177,7 @@ class Distill:
     row_lag: float = 1.0  # rolling schedule: row r starts r * row_lag of a row's denoising after row 0 (0..1)
     cell_window: float = 0.25  # row_noise cells: the share of the run over which one cell denoises (0..1]
     ce_rows: str = "last"  # last | all: answer CE on the last predicted row or on every row (teacher's argmax)
+    ce_error_weight: float = 1.0  # ce_rows all: weight of the cells where the teacher's step-k board is not its answer
     self_correct_prob: float = 0.0  # share of batches noised from the model's own (detached) prediction
     chain_prob: float = 0.0  # share of steps that advance the chain carry: the model's own sampling chains (issue 13)
     sampler: str = "ddim"  # ddim | ddpm: evaluation defaults, stored in the checkpoint

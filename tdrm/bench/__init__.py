@@ -320,6 +320,7 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
         arms["recur"] = d["denoiser"].get("recur", 1)
         arms["latent_cond"] = d["denoiser"].get("latent_cond", False)
         arms["row_causal"] = d["denoiser"].get("row_causal", False)
+        arms["ce_error_weight"] = d.get("ce_error_weight", 1.0)
         row = {"model": path, "arms": " ".join(f"{k}={v}" for k, v in arms.items()), "n": len(correct),
                "exact": float(correct.mean()), "ci95": f"[{lo:.3f}, {hi:.3f}]",
                "calls": diag["calls"], "vs_teacher": f"{vs_t['only_first']}/{vs_t['only_second']} p={vs_t['p_value']:.2g}",

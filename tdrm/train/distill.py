@@ -31,7 +31,7 @@ from ..config import Params
 from ..data.board import to_tokens
 from ..device import check_amp, maybe_compile, resolve_device
 from ..dist import SINGLE, World, all_gather_objects, all_mean, barrier, loss_scale, per_rank_batch, rows, wrap
-from ..diffusion.losses import distillation_loss
+from ..diffusion.losses import distillation_loss, error_weights
 from ..diffusion.samplers import row_step
 from ..diffusion.sampling import generate
 from ..diffusion.schedules import cell_levels, make_schedule, q_sample, random_ranks, row_levels
@@ -60,6 +60,11 @@ def check_arms(cfg) -> None:
         raise ValueError(f"distill.ce_rows must be last or all, got {cfg.ce_rows!r}")
     if cfg.ce_rows == "all" and cfg.state == "z":
         raise ValueError("distill.ce_rows all needs state y or yz (one modelled row per supervision step)")
+    if cfg.ce_error_weight <= 0:
+        raise ValueError(f"distill.ce_error_weight must be > 0, got {cfg.ce_error_weight}")
+    if cfg.ce_error_weight != 1.0 and cfg.ce_rows != "all":
+        raise ValueError("distill.ce_error_weight weights the teacher's intermediate errors in the CE of every row: "
+                         f"it needs distill.ce_rows all (got {cfg.ce_rows!r})")
     if not 0.0 <= cfg.self_correct_prob <= 1.0:
         raise ValueError(f"distill.self_correct_prob must be in [0, 1], got {cfg.self_correct_prob}")
     if not 0.0 <= cfg.chain_prob <= 1.0:
@@ -266,8 +271,10 @@ def train_distill(params: Params, traces_dir: str | Path, teacher, out_path: str
     def objective(x0_hat, x0, t, puzzle, targets):
         """(loss, mse, ce, dynamics) of estimates x0_hat of x0 (B, K, L, C) at levels t."""
         ce_logits = codec.step_logits(x0_hat) if targets.dim() == 3 else codec.answer_logits(x0_hat)
+        cell_w = error_weights(targets, cfg.ce_error_weight) if cfg.ce_error_weight != 1.0 else None
         loss, mse, ce = distillation_loss(x0_hat, x0, t, schedule, weighting=cfg.loss_weighting,
-                                          ce_logits=ce_logits, ce_targets=targets, ce_weight=cfg.ce_weight)
+                                          ce_logits=ce_logits, ce_targets=targets, ce_weight=cfg.ce_weight,
+                                          ce_cell_weights=cell_w)
         dyn = torch.zeros(())
         if cfg.dynamics_weight:
             dyn = codec.dynamics_residual(x0_hat, puzzle).square().mean()

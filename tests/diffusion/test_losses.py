@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from tdrm.diffusion.losses import distillation_loss, loss_weights, sample_mse
+from tdrm.diffusion.losses import distillation_loss, error_weights, loss_weights, sample_mse
 from tdrm.diffusion.schedules import Schedule
 
 # alpha_bar at t = 0, 1, 2, 3: SNR = ab / (1 - ab) = inf, 1, 9, 1/3
@@ -79,6 +79,45 @@ def test_every_row_ce_at_a_shared_level_averages_all_rows():
     with pytest.raises(ValueError, match="ce_logits"):
         distillation_loss(x0_hat, x0, torch.tensor([1, 1]), SCHED, weighting="uniform",
                           ce_logits=torch.zeros(2, 2), ce_targets=targets, ce_weight=1.0)
+
+
+def test_error_weights_mark_the_cells_where_an_earlier_row_is_not_the_answer():
+    # (B=2, K=3, N=2): sample 0 row 0 cell 1 and row 1 cell 0 differ from the last row; sample 1 none
+    targets = torch.tensor([[[1, 2], [3, 4], [1, 4]], [[5, 6], [5, 6], [5, 6]]])
+    w = error_weights(targets, 7.0)
+    assert torch.equal(w, torch.tensor([[[1.0, 7.0], [7.0, 1.0], [1.0, 1.0]], [[1.0] * 2] * 3]))
+    assert torch.equal(error_weights(targets, 1.0), torch.ones(2, 3, 2))
+    with pytest.raises(ValueError, match="per-row targets"):
+        error_weights(targets[:, 0], 7.0)
+    with pytest.raises(ValueError, match="ce_error_weight"):
+        error_weights(targets, 0.0)
+
+
+def test_cell_weights_scale_each_cells_ce_without_renormalising():
+    x0_hat, x0 = _pair()
+    logits = torch.tensor([0.0, math.log(3.0)]).expand(2, 2, 1, 2)  # p(1) = 3/4 everywhere
+    targets = torch.tensor([[[1], [0]], [[0], [0]]])  # sample 0 row 0: ln(4/3); the other rows ln 4
+    w = torch.tensor([[[5.0], [1.0]], [[1.0], [1.0]]])
+    out = distillation_loss(x0_hat, x0, torch.tensor([1, 1]), SCHED, weighting="uniform",
+                            ce_logits=logits, ce_targets=targets, ce_weight=1.0, ce_cell_weights=w)
+    assert out.ce.item() == pytest.approx((5 * math.log(4 / 3) + 3 * math.log(4.0)) / 4)
+    plain = distillation_loss(x0_hat, x0, torch.tensor([1, 1]), SCHED, weighting="uniform",
+                              ce_logits=logits, ce_targets=targets, ce_weight=1.0)
+    ones = distillation_loss(x0_hat, x0, torch.tensor([1, 1]), SCHED, weighting="uniform",
+                             ce_logits=logits, ce_targets=targets, ce_weight=1.0,
+                             ce_cell_weights=torch.ones(2, 2, 1))
+    assert torch.equal(ones.loss, plain.loss)
+    # per-row levels: the clean row (sample 0 row 0) stays out even with its weight 5
+    rows = distillation_loss(x0_hat, x0, torch.tensor([[0, 2], [1, 3]]), SCHED, weighting="uniform",
+                             ce_logits=logits, ce_targets=targets, ce_weight=1.0, ce_cell_weights=w)
+    assert rows.ce.item() == pytest.approx(math.log(4.0))
+    # per-cell levels (B, 1, L): a weighted noised cell counts 5 times, the clean cell not at all
+    cells = distillation_loss(x0_hat, x0, torch.tensor([[[2]], [[0]]]), SCHED, weighting="uniform",
+                              ce_logits=logits, ce_targets=targets, ce_weight=1.0, ce_cell_weights=w)
+    assert cells.ce.item() == pytest.approx((5 * math.log(4 / 3) + math.log(4.0)) / 2)
+    with pytest.raises(ValueError, match="ce_cell_weights"):
+        distillation_loss(x0_hat, x0, torch.tensor([1, 1]), SCHED, weighting="uniform",
+                          ce_logits=logits[:, 0], ce_targets=targets[:, 0], ce_weight=1.0, ce_cell_weights=w)
 
 
 def test_loss_gradient_reaches_the_prediction():

@@ -143,7 +143,8 @@ ARMS = [{"row_noise": "rolling", "row_lag": 1.0, "spacing": 1.0}, {"row_noise": 
         {"row_noise": "cells", "cell_window": 0.3, "ce_rows": "all", "self_correct_prob": 0.5, "spacing": 1.0,
          "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True}},
         {"ce_rows": "all", "self_correct_prob": 0.5,
-         "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True, "row_causal": True}}]
+         "denoiser": {**DISTILL["denoiser"], "self_cond": True, "latent_cond": True, "row_causal": True}},
+        {"ce_rows": "all", "ce_error_weight": 10.0, "self_correct_prob": 0.5}]
 
 
 def _arm_id(arm: dict) -> str:
@@ -246,7 +247,9 @@ def test_issue13_switches_refuse_bad_values(setup, tmp_path):
                       ({"row_noise": "cells", "cell_window": 0.0}, "cell_window"),
                       ({"row_noise": "cells", "chain_prob": 0.5}, "needs row_noise shared"),
                       ({"spacing": 0.0}, "distill.spacing must be > 0"),
-                      ({"row_noise": "cells", "spacing": 0.5}, "samples on its own schedule")]:
+                      ({"row_noise": "cells", "spacing": 0.5}, "samples on its own schedule"),
+                      ({"ce_error_weight": 5.0}, "it needs distill.ce_rows all"),
+                      ({"ce_rows": "all", "ce_error_weight": -1.0}, "ce_error_weight must be > 0")]:
         with pytest.raises(ValueError, match=msg):
             train_distill(tiny_params({"distill": {**DISTILL, **over}}), d / "tr", teacher, tmp_path / "x.pt",
                           progress=False)
