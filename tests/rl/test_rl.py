@@ -420,7 +420,7 @@ def test_rl_stage_on_the_tiny_profile(distilled, tiny_params_file, tmp_path):
     assert head["p_value"] == float(f'{saved["paired_after_vs_before"]["p_value"]:.4g}')
     assert "accuracy_by_sampling_steps" not in head
     assert saved["train_steps"] == 6 and saved["n"] == 100 and saved["group_size"] == 16
-    assert saved["sampling_steps"] == 4 and [r["sampling_steps"] for r in saved["accuracy_by_sampling_steps"]] == [1, 4]
+    assert saved["sampling_steps"] == 3 and [r["sampling_steps"] for r in saved["accuracy_by_sampling_steps"]] == [1, 3]
     pair = saved["paired_after_vs_before"]
     assert set(pair) == {"only_first", "only_second", "p_value"}
     # after - before on the same 100 test puzzles is exactly the paired discordance
@@ -433,7 +433,7 @@ def test_rl_stage_on_the_tiny_profile(distilled, tiny_params_file, tmp_path):
     from PIL import Image
     assert Image.open(tmp_path / "plots" / "rl.png").size == (900, 350)
     model, codec, sched, ck = load_tdrm(tmp_path / "rl.pt")  # `tdrm eval` reads it, at the rollout setting
-    assert ck["config"]["distill"]["sample_steps"] == 4 and ck["config"]["rl"]["estimator"] == "awm"
+    assert ck["config"]["distill"]["sample_steps"] == 3 and ck["config"]["rl"]["estimator"] == "awm"
     assert not (tmp_path / "ck" / "rl-resume.pt").exists()
 
 

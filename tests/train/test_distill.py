@@ -19,7 +19,7 @@ LEARN_STEPS = 300
 DISTILL = {"steps": 120, "batch": 32, "eval_every": 60, "eval_limit": 10, "T": 50, "sample_steps": 5,
            "lr": 1e-3, "warmup": 10, "ckpt_every": 40, "shift": 1.0, "ce_weight": 0.1,
            "self_correct_prob": 0.0, "ce_rows": "last",
-           "denoiser": {"hidden": 32, "layers": 2, "heads": 2, "latent_cond": False}}
+           "denoiser": {"hidden": 32, "layers": 2, "heads": 2, "latent_cond": False, "row_causal": False}}
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +285,7 @@ def test_move_denoiser_trains_reloads_and_evaluates(setup, tmp_path, init):
     record(teacher, d / "t.pt", d, tmp_path / "tr", Traces(limit=40, shard_size=32, num_aug=1, prefix=True), 0,
            "cpu", progress=False)
     den = {"hidden": teacher.cfg.hidden, "self_cond": True, "arch": "move", "init": init, "init_seed": 1,
-           "latent_cond": False}
+           "latent_cond": False, "row_causal": False}
     p = tiny_params({"distill": {**DISTILL, "steps": 40, "eval_every": 40, "state": "yz", "denoiser": den}})
     tr = MemoryTracker()
     train_distill(p, tmp_path / "tr", teacher, tmp_path / "tdrm.pt", tracker=tr, progress=False, log_every=10)
