@@ -411,6 +411,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     d.add_argument("--data", default="data/task")
     d.add_argument("--split", default="test")
     d.add_argument("--steps", type=int, help="denoiser calls (default: each checkpoint's sample_steps)")
+    d.add_argument("--row-lag", type=float, help="checkpoints trained with row_noise independent sample on the "
+                                                 "rolling schedule of this lag (0 shared level .. 1 row by row)")
     d.add_argument("--limit", type=int)
     d.add_argument("--batch-size", type=int, default=256)
     d.add_argument("--device", default="auto")

@@ -276,9 +276,11 @@ def bench_arc_teacher(teacher_path: str, data_dir: str, split: str, device) -> l
 
 
 def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | None, limit: int | None,
-               device, batch_size: int = 256) -> list[dict]:
+               device, batch_size: int = 256, row_lag: float | None = None) -> list[dict]:
     """One row per checkpoint (see the module doc); the teacher's row first (from the first
-    checkpoint's embedded teacher, which every checkpoint must share)."""
+    checkpoint's embedded teacher, which every checkpoint must share). `row_lag`: the checkpoints
+    trained with independent per-row levels sample on the rolling schedule of this lag (the others
+    as they were trained); at least one must be such a checkpoint."""
     from ..data.dataset import load_split
     from ..data.board import to_tokens
     from ..eval.compare import teacher_run
@@ -289,12 +291,24 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
     ps = load_split(data_dir, split)
     if limit:
         ps = ps.take(np.arange(min(limit, len(ps))))
+    from ..checkpoint import load as load_checkpoint
+    from ..models.denoiser import set_sampling_lag
+
+    if row_lag is not None and not 0.0 <= row_lag <= 1.0:
+        raise ValueError(f"--row-lag must be in [0, 1], got {row_lag}")
+    if row_lag is not None and not any(
+            load_checkpoint(p).get("config", {}).get("distill", {}).get("row_noise") == "independent"
+            for p in checkpoints):
+        raise ValueError(f"--row-lag {row_lag}: no checkpoint was trained with distill.row_noise independent, "
+                         "the only models that sample at any row lag")
     rows, first = [], None
     teacher_correct = teacher_boards = None
     for path in checkpoints:
         model, codec, schedule, ck = load_tdrm(path, device)
         d = ck["config"]["distill"]
         s = steps or d["sample_steps"]
+        if row_lag is not None and d.get("row_noise") == "independent":
+            set_sampling_lag(model, "independent", row_lag)
         if teacher_correct is None:
             k = model.K // codec.layout.rows_per_step
             t_res, _ = teacher_run(codec.teacher, ps, batch_size, device, k)
@@ -321,6 +335,7 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
         arms["latent_cond"] = d["denoiser"].get("latent_cond", False)
         arms["row_causal"] = d["denoiser"].get("row_causal", False)
         arms["ce_error_weight"] = d.get("ce_error_weight", 1.0)
+        arms["sample_lag"] = getattr(model, "row_lag", None)
         row = {"model": path, "arms": " ".join(f"{k}={v}" for k, v in arms.items()), "n": len(correct),
                "exact": float(correct.mean()), "ci95": f"[{lo:.3f}, {hi:.3f}]",
                "calls": diag["calls"], "vs_teacher": f"{vs_t['only_first']}/{vs_t['only_second']} p={vs_t['p_value']:.2g}",
@@ -400,7 +415,7 @@ def run(what: str, **kw) -> int:
             rows.append({**r, "inputs_ci95@2": f"[{lo:.3f}, {hi:.3f}]", "seconds": round(time.perf_counter() - t0, 1)})
     elif what == "tdrm":
         rows = bench_tdrm(kw["checkpoint"], kw["data"], kw["split"], kw["steps"], kw["limit"],
-                          resolve_device(kw["device"]), kw["batch_size"])
+                          resolve_device(kw["device"]), kw["batch_size"], kw.get("row_lag"))
     else:
         rows = [bench_solver(kw["file"], kw["limit"], kw.get("workers", 1))]
     _print(rows)

@@ -249,6 +249,19 @@ def row_lag_of(cfg) -> float | None:
     return None if cfg.row_noise in ("shared", "cells") else float(cfg.row_lag)
 
 
+def set_sampling_lag(model: nn.Module, row_noise: str, lag: float) -> None:
+    """Sample `model` on the rolling schedule of `lag` (0 = one shared level, 1 = row by row) instead
+    of its training lag. Only a model trained with independent per-row levels (`row_noise:
+    independent`, Diffusion Forcing: every combination of row levels seen in training) can; one
+    trained on a rolling schedule has seen that schedule's combinations alone."""
+    if row_noise != "independent":
+        raise ValueError(f"only a denoiser trained with distill.row_noise independent samples at any row lag; "
+                         f"this one was trained with row_noise {row_noise!r}")
+    if not 0.0 <= lag <= 1.0:
+        raise ValueError(f"the sampling row lag must be in [0, 1], got {lag}")
+    model.row_lag = float(lag)
+
+
 def cell_window_of(cfg) -> float | None:
     """The denoiser's per-cell sampling window, or None (not trained per cell)."""
     return float(cfg.cell_window) if cfg.row_noise == "cells" else None

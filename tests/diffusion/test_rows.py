@@ -226,3 +226,34 @@ def test_sampler_carries_the_hidden_state_from_call_to_call():
     assert len(calls) == 4 and calls[0][0] is None and calls[0][1] is None
     for (_, _, est, hid), (prev, h_prev, _, _) in zip(calls, calls[1:]):
         assert torch.equal(prev, est) and torch.equal(h_prev, hid)
+
+
+def test_an_independent_level_model_samples_at_any_lag_and_only_it():
+    """`set_sampling_lag`: a denoiser trained with independent per-row levels (Diffusion Forcing)
+    is sampled on the rolling schedule of the lag it is given (the levels of every call are that
+    schedule's rounds); one trained on a rolling schedule, or with a shared level, is refused."""
+    from tdrm.diffusion.sampling import generate
+    from tdrm.models.denoiser import set_sampling_lag
+    m = Denoiser(DenoiserConfig(hidden=32, layers=2, heads=2, cell_mixer="mlp", self_cond=True),
+                 steps=3, cells=8, channels=6, vocab=5, row_lag=1.0)
+    seen = []
+    orig = m.forward
+
+    def fwd(x, t, puzzle, *a, **kw):
+        seen.append(t[0].clone())
+        return orig(x, t, puzzle, *a, **kw)
+    m.forward = fwd
+    sched = make_schedule("cosine", 40, 1.0)
+    for lag in (0.0, 0.5, 1.0):
+        set_sampling_lag(m, "independent", lag)
+        seen.clear()
+        generate(m, torch.randint(1, 5, (2, 8)), sched, sampler="ddim", steps=6, eta=0.0,
+                 generator=torch.Generator().manual_seed(0))
+        want = [t for t, _ in row_rounds(3, 6, lag, 40)]
+        assert len(seen) == len(want) and all(torch.equal(a, b) for a, b in zip(seen, want))
+    assert (seen[0] == torch.tensor([40, 40, 40])).all() and any(bool((t[:1] == 0).all() and t[1] > 0) for t in seen)
+    for bad in ("rolling", "shared", "cells"):
+        with pytest.raises(ValueError, match=f"row_noise {bad!r}"):
+            set_sampling_lag(m, bad, 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        set_sampling_lag(m, "independent", 1.5)

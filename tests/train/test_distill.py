@@ -298,3 +298,36 @@ def test_move_denoiser_trains_reloads_and_evaluates(setup, tmp_path, init):
     assert (model.K, model.L, model.P) == (teacher.cfg.n_sup, 17, 1)
     res = evaluate_tdrm(model, codec, sched, load_split(d, "val"), sampler="ddim", steps=4, eta=0.0, samples=1, seed=0)
     assert res["n"] == 30 and len(res["per_step_exact_accuracy_first_sample"]) == teacher.cfg.n_sup
+
+
+def test_bench_row_lag_resamples_independent_level_checkpoints_only(setup, tmp_path):
+    """`python -m tdrm.bench tdrm --row-lag L`: a checkpoint trained with independent per-row levels
+    samples on the rolling schedule of L (recorded in its row; at lag 0 it makes the asked calls
+    with every row at one level, at lag 1 row by row), a shared-level checkpoint beside it as it was
+    trained; with no independent-level checkpoint, or L outside [0, 1], the bench refuses."""
+    import json
+
+    from tdrm.cli import bench_main
+    p, d, teacher = setup
+    for name, arm in (("a", {}), ("c", {"row_noise": "independent", "row_lag": 1.0, "spacing": 1.0})):
+        train_distill(tiny_params({"distill": {**DISTILL, "steps": 10, "eval_every": 0, **arm}}), d / "tr", teacher,
+                      tmp_path / f"{name}.pt", progress=False)
+    by_lag = {}
+    for lag in ("0", "1"):
+        out = tmp_path / f"lag{lag}.json"
+        assert bench_main(["tdrm", "--checkpoint", str(tmp_path / "a.pt"), "--checkpoint", str(tmp_path / "c.pt"),
+                           "--data", str(d), "--split", "val", "--steps", "8", "--row-lag", lag, "--limit", "12",
+                           "--out", str(out)]) == 0
+        rows = json.loads(out.read_text())["rows"]
+        assert "sample_lag=None" in rows[1]["arms"] and f"sample_lag={float(lag)}" in rows[2]["arms"]
+        assert rows[2]["calls"] == 8
+        by_lag[lag] = rows
+    assert by_lag["0"][1] == {**by_lag["1"][1], "seconds": by_lag["0"][1]["seconds"]}  # the shared model: unchanged
+    pick = ("cells", "changed_after_early", "early_fixed")
+    assert [by_lag["0"][2][k] for k in pick] != [by_lag["1"][2][k] for k in pick]  # another schedule, another chain
+    with pytest.raises(ValueError, match="no checkpoint was trained with distill.row_noise independent"):
+        bench_main(["tdrm", "--checkpoint", str(tmp_path / "a.pt"), "--data", str(d), "--split", "val",
+                    "--row-lag", "0.5"])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        bench_main(["tdrm", "--checkpoint", str(tmp_path / "c.pt"), "--data", str(d), "--split", "val",
+                    "--row-lag", "2"])
