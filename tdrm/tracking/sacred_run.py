@@ -18,6 +18,18 @@ from ..paths import project_root
 from .base import Tracker
 
 
+# the files Sacred's FileStorageObserver writes itself: an artifact of one of these names would be
+# refused (the observer then stops recording the run), so such an artifact is stored as artifact_<name>
+RESERVED = frozenset({"run.json", "config.json", "cout.txt", "metrics.json", "info.json"})
+
+
+def artifact_name(path, name: str | None = None) -> str:
+    """The name an artifact is stored under in a Sacred run: `name` or the file's name, prefixed
+    with `artifact_` where it is one of the run's own files (`RESERVED`)."""
+    name = name or Path(path).name
+    return f"artifact_{name}" if name in RESERVED else name
+
+
 class SacredTracker(Tracker):
     def __init__(self, run):
         self._run = run
@@ -27,7 +39,7 @@ class SacredTracker(Tracker):
         self._run.log_scalar(name, float(value), int(step))
 
     def add_artifact(self, path, name=None):
-        self._run.add_artifact(str(path), name)
+        self._run.add_artifact(str(path), artifact_name(path, name))
 
     def info(self, key, value):
         self._run.info[key] = value

@@ -103,3 +103,29 @@ def test_compare_config_differences_metrics_and_curves(runs_fixture, capsys, tmp
     assert png_size(one) == (450, 320)
     assert main(["runs", "compare", ids["base"], ids["failed"], "--dir", str(d), "--png", str(tmp_path / "x.png")]) == 2
     assert "share no metric series" in capsys.readouterr().err
+
+
+def test_an_artifact_named_like_a_run_file_is_kept_beside_it(tmp_path, monkeypatch):
+    """A stage whose metrics path is `metrics.json` (or another of Sacred's own file names) keeps
+    its artifact as artifact_<name>, and the run's own metrics.json and run.json stay Sacred's."""
+    from tdrm.tracking.sacred_run import artifact_name, tracked_run
+    monkeypatch.setenv("TDRM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("TDRM_MONGO_URL", raising=False)
+    mine = tmp_path / "out" / "metrics.json"
+    mine.parent.mkdir()
+    mine.write_text('{"exact_accuracy": 0.5}')
+    other = tmp_path / "out" / "teacher.json"
+    other.write_text("{}")
+
+    def fn(tracker):
+        tracker.log_scalar("train.loss", 1.0, 1)
+        tracker.add_artifact(str(mine))
+        tracker.add_artifact(str(other))
+        return {"exact_accuracy": 0.5}
+    tracked_run("teacher", {"teacher": {"lr": 0.5}}, fn, seed=0)
+    (run,) = [d for d in (tmp_path / "runs").iterdir() if d.name != "_sources"]
+    assert json.loads((run / "artifact_metrics.json").read_text()) == {"exact_accuracy": 0.5}
+    assert "train.loss" in json.loads((run / "metrics.json").read_text())  # Sacred's own, not overwritten
+    raw = json.loads((run / "run.json").read_text())
+    assert raw["status"] == "COMPLETED" and sorted(raw["artifacts"]) == ["artifact_metrics.json", "teacher.json"]
+    assert artifact_name("a/run.json") == "artifact_run.json" and artifact_name("a/x.json", "cout.txt") == "artifact_cout.txt"
