@@ -175,6 +175,7 @@ class Distill:
     dynamics_weight: float = 0.0  # each generated step one teacher move from the previous (state yz or z)
     row_noise: str = "shared"  # shared | independent | rolling | cells: one noise level per trajectory, per row, or per cell
     row_lag: float = 1.0  # rolling schedule: row r starts r * row_lag of a row's denoising after row 0 (0..1)
+    shared_prob: float = 0.0  # row_noise independent: share of samples that draw one level for all rows instead
     cell_window: float = 0.25  # row_noise cells: the share of the run over which one cell denoises (0..1]
     ce_rows: str = "last"  # last | all: answer CE on the last predicted row or on every row (teacher's argmax)
     ce_error_weight: float = 1.0  # ce_rows all: weight of the cells where the teacher's step-k board is not its answer

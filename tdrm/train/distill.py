@@ -54,6 +54,11 @@ def check_arms(cfg) -> None:
         raise ValueError(f"distill.row_noise must be one of {ROW_NOISE}, got {cfg.row_noise!r}")
     if not 0.0 <= cfg.row_lag <= 1.0:
         raise ValueError(f"distill.row_lag must be in [0, 1], got {cfg.row_lag}")
+    if not 0.0 <= cfg.shared_prob <= 1.0:
+        raise ValueError(f"distill.shared_prob must be in [0, 1], got {cfg.shared_prob}")
+    if cfg.shared_prob and cfg.row_noise != "independent":
+        raise ValueError("distill.shared_prob mixes one-level samples into independent per-row levels: it needs "
+                         f"row_noise independent, got {cfg.row_noise!r}")
     if not 0.0 < cfg.cell_window <= 1.0:
         raise ValueError(f"distill.cell_window must be in (0, 1], got {cfg.cell_window}")
     if cfg.ce_rows not in ("last", "all"):
@@ -90,7 +95,8 @@ def draw_levels(cfg, b: int, k: int, gen: torch.Generator, cells: int = 0,
                 prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Training noise levels t and the levels t_hi one sampling round earlier (noisier), as the
     sampler visits them: (B,) each for a shared level, (B, K) for per-row levels, (B, 1, L) per cell.
-    shared: t ~ U{1..T}; independent: every row's t ~ U{0..T} (Diffusion Forcing); rolling: a
+    shared: t ~ U{1..T}; independent: every row's t ~ U{0..T} (Diffusion Forcing), or with probability
+    `shared_prob` per sample one t ~ U{1..T} for all its rows; rolling: a
     progress p ~ U(0, 1) through the rolling schedule of `row_lag` (`row_levels`); cells: a progress
     p ~ U(0, 1) through the cell-order schedule (`cell_levels`) of a random order of the `cells`
     positions (train for every order; the sampler picks the most confident), the `prefix` positions
@@ -105,7 +111,10 @@ def draw_levels(cfg, b: int, k: int, gen: torch.Generator, cells: int = 0,
         t = torch.randint(1, T + 1, (b,), generator=gen)
         return t, (t + max(T // cfg.sample_steps, 1)).clamp(max=T)
     if cfg.row_noise == "independent":
-        t = torch.randint(0, T + 1, (b, k), generator=gen)
+        t = torch.randint(0, T + 1, (b, k), generator=gen)  # (B, K)
+        if cfg.shared_prob:  # (drawn only then: runs without it keep their random stream)
+            one = torch.randint(1, T + 1, (b, 1), generator=gen).expand(b, k)
+            t = torch.where(torch.rand((b, 1), generator=gen) < cfg.shared_prob, one, t)
         return t, torch.where(t > 0, (t + max(T // cfg.sample_steps, 1)).clamp(max=T), t)
     p = torch.rand((b,), generator=gen, dtype=torch.float64)
     return row_levels(p, k, cfg.row_lag, T), row_levels((p - dt).clamp(min=0.0), k, cfg.row_lag, T)

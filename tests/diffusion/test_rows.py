@@ -257,3 +257,29 @@ def test_an_independent_level_model_samples_at_any_lag_and_only_it():
             set_sampling_lag(m, bad, 0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         set_sampling_lag(m, "independent", 1.5)
+
+
+def test_shared_prob_mixes_one_level_samples_into_independent_row_levels():
+    """`distill.shared_prob` (row_noise independent): about that share of the samples get one level
+    in 1..T for all rows, the rest independent levels in 0..T; 0 leaves the independent draw and its
+    random stream as they were; other row_noise values refuse it."""
+    from tdrm.config import Distill
+    from tdrm.train.distill import check_arms, draw_levels
+    k, b = 4, 4000
+    base = Distill(row_noise="independent", T=50, sample_steps=10)
+    t0, _ = draw_levels(base, b, k, torch.Generator().manual_seed(0))
+    t0_again, _ = draw_levels(dataclasses.replace(base, shared_prob=0.0), b, k, torch.Generator().manual_seed(0))
+    assert torch.equal(t0, t0_again)
+    same0 = float((t0 == t0[:, :1]).all(1).float().mean())
+    assert same0 < 0.01  # independent: four equal levels happen by chance only ((1/51)^3)
+    for prob in (0.3, 1.0):
+        t, t_hi = draw_levels(dataclasses.replace(base, shared_prob=prob), b, k, torch.Generator().manual_seed(0))
+        assert t.shape == t_hi.shape == (b, k) and (t_hi >= t).all()
+        one = (t == t[:, :1]).all(1)
+        assert abs(float(one.float().mean()) - prob) < 0.03
+        assert (t[one] >= 1).all() and (t[one] <= 50).all()
+        assert not one.all() or prob == 1.0
+    for bad, msg in [(dataclasses.replace(base, row_noise="rolling", shared_prob=0.5), "needs row_noise independent"),
+                     (dataclasses.replace(base, shared_prob=1.5), r"shared_prob must be in \[0, 1\]")]:
+        with pytest.raises(ValueError, match=msg):
+            check_arms(bad)
