@@ -286,12 +286,7 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
     from ..eval.compare import teacher_run
     from ..eval.metrics import mcnemar_exact, wilson
     from ..eval.tdrm import chain_diagnosis, inference_cost
-    from ..checkpoint import load_tdrm
-
-    ps = load_split(data_dir, split)
-    if limit:
-        ps = ps.take(np.arange(min(limit, len(ps))))
-    from ..checkpoint import load as load_checkpoint
+    from ..checkpoint import load as load_checkpoint, load_tdrm
     from ..models.denoiser import set_sampling_lag
 
     if row_lag is not None and not 0.0 <= row_lag <= 1.0:
@@ -301,6 +296,9 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
             for p in checkpoints):
         raise ValueError(f"--row-lag {row_lag}: no checkpoint was trained with distill.row_noise independent, "
                          "the only models that sample at any row lag")
+    ps = load_split(data_dir, split)
+    if limit:
+        ps = ps.take(np.arange(min(limit, len(ps))))
     rows, first = [], None
     teacher_correct = teacher_boards = None
     for path in checkpoints:
