@@ -306,7 +306,7 @@ def bench_tdrm(checkpoints: list[str], data_dir: str, split: str, steps: int | N
         d = ck["config"]["distill"]
         s = steps or d["sample_steps"]
         if row_lag is not None and d.get("row_noise") == "independent":
-            set_sampling_lag(model, "independent", row_lag)
+            set_sampling_lag(model, d["row_noise"], row_lag)
         if teacher_correct is None:
             k = model.K // codec.layout.rows_per_step
             t_res, _ = teacher_run(codec.teacher, ps, batch_size, device, k)
