@@ -62,8 +62,9 @@ def cmd_eval(a) -> int:
         rows.insert(3, ("per step exact", " ".join(f"{v:.3f}" for v in res["per_step_exact_accuracy"])))
         rows += [(f"rating {k}", f"{v['exact_accuracy']:.4f} (n={v['n']})") for k, v in res["by_rating"].items()]
     else:
+        lag = "" if res.get("row_lag") is None else f" row_lag={res['row_lag']}"
         rows.insert(2, ("sampler", f"{res['sampler']} steps={res['steps']} eta={res['eta']} "
-                                   f"spacing={res['spacing']} samples={res['samples']}"))
+                                   f"spacing={res['spacing']}{lag} samples={res['samples']}"))
         rows.insert(3, ("valid fraction", f"{res['valid_fraction']:.4f}"))
     print(_table(rows))
     if a.out:
@@ -88,11 +89,13 @@ def _eval_tdrm(a, ps, device) -> dict:
         schedule = dataclasses.replace(schedule, spacing=a.spacing)
     sampler = a.sampler or d["sampler"]
     eta = 1.0 if sampler == "ddpm" else (d["eta"] if a.eta is None else a.eta)  # what runs is what is recorded
-    return evaluate_tdrm(model, codec, schedule, ps, sampler=sampler,
-                         steps=d["sample_steps"] if a.steps is None else a.steps, eta=eta,
-                         samples=d["samples"] if a.samples is None else a.samples,
-                         seed=ck["config"]["common"]["seed"] if a.seed is None else a.seed,
-                         batch_size=a.batch_size, device=device, progress=True)
+    res = evaluate_tdrm(model, codec, schedule, ps, sampler=sampler,
+                        steps=d["sample_steps"] if a.steps is None else a.steps, eta=eta,
+                        samples=d["samples"] if a.samples is None else a.samples,
+                        seed=ck["config"]["common"]["seed"] if a.seed is None else a.seed,
+                        batch_size=a.batch_size, device=device, progress=True)
+    res["row_lag"] = getattr(model, "row_lag", None)  # per-row models: the rolling schedule's lag they sampled at
+    return res
 
 
 def cmd_solve(a) -> int:

@@ -168,3 +168,37 @@ def test_bench_kernels_needs_cuda_or_a_small_cpu_smoke_run(capsys):
     if not torch.cuda.is_available():
         assert bench_main(["kernels"]) == 0
         assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_eval_of_a_per_row_checkpoint_runs_and_records_its_lag(tiny_tdrm, tmp_path, capsys):
+    """The default's recipe (per-row levels mixed with one shared level, sampled at lag 0.5): with no
+    option `tdrm eval` samples at the checkpoint's lag, records it, and matches the library's call at
+    that lag; --spacing is refused for it; a shared-level checkpoint records no lag."""
+    import torch
+
+    from tdrm.checkpoint import load_teacher, load_tdrm
+    from tdrm.data.loaders import load_puzzles
+    from tdrm.eval.tdrm import evaluate_tdrm
+    from tdrm.train.distill import train_distill
+
+    from .conftest import tiny_params
+    teacher, _ = load_teacher(tiny_tdrm / "t.pt", torch.device("cpu"))
+    p = tiny_params({"distill": {"steps": 10, "eval_every": 0, "sample_steps": 3, "row_noise": "independent",
+                                 "shared_prob": 0.5, "row_lag": 0.5, "spacing": 1.0}})
+    train_distill(p, tiny_tdrm / "tr", teacher, tmp_path / "rows.pt", progress=False)
+    out, csv = tmp_path / "e.json", str(tiny_tdrm / "test.csv")
+    assert main(["eval", "--checkpoint", str(tmp_path / "rows.pt"), "--puzzles", csv, "--limit", "20",
+                 "--out", str(out)]) == 0
+    assert "row_lag=0.5" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["row_lag"] == 0.5 and res["steps"] == 3 and res["spacing"] == 1.0
+    model, codec, sched, _ = load_tdrm(tmp_path / "rows.pt")
+    lib = evaluate_tdrm(model, codec, sched, load_puzzles(csv, limit=20), sampler="ddim", steps=3, eta=0.0,
+                        samples=1, seed=0, batch_size=256)
+    assert model.row_lag == 0.5 and res["exact_accuracy"] == lib["exact_accuracy"]
+    assert res["valid_fraction"] == lib["valid_fraction"]
+    assert main(["eval", "--checkpoint", str(tmp_path / "rows.pt"), "--puzzles", csv, "--spacing", "0.5"]) == 2
+    assert "was trained with row_noise 'independent'" in _err(capsys)
+    assert main(["eval", "--checkpoint", str(tiny_tdrm / "tdrm.pt"), "--puzzles", csv, "--limit", "5",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["row_lag"] is None
